@@ -1,0 +1,172 @@
+from django.contrib import admin
+
+from cloud.models import (
+    Container,
+    Deployment,
+    Environment,
+    Flavor,
+    Host,
+    Image,
+    Job,
+    JobStep,
+    PortForward,
+    Release,
+    Secret,
+    Service,
+    VirtualMachine,
+)
+
+
+@admin.register(Host)
+class HostAdmin(admin.ModelAdmin):
+    list_display = [
+        "name",
+        "libvirt_uri",
+        "status",
+        "cpus",
+        "memory_mb",
+        "cpu_overcommit",
+        "ram_overcommit",
+        "last_seen_at",
+    ]
+    list_filter = ["status"]
+    search_fields = ["name", "libvirt_uri"]
+    actions = ["enable", "disable", "drain"]
+
+    def _set_status(self, request, queryset, status):
+        count = queryset.update(status=status)
+        self.message_user(request, f"{count} host(s) now {status}.")
+
+    @admin.action(description="Enable selected hosts")
+    def enable(self, request, queryset):
+        self._set_status(request, queryset, Host.Status.ENABLED)
+
+    @admin.action(description="Disable selected hosts (no new VMs)")
+    def disable(self, request, queryset):
+        self._set_status(request, queryset, Host.Status.DISABLED)
+
+    @admin.action(description="Drain selected hosts (no new VMs, move existing ones away)")
+    def drain(self, request, queryset):
+        self._set_status(request, queryset, Host.Status.DRAINING)
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    list_display = ["name", "os", "format", "source", "virtual_size_bytes", "created_at"]
+    list_filter = ["format", "source", "os"]
+    search_fields = ["name", "os", "sha256"]
+    readonly_fields = ["sha256", "path", "size_bytes", "virtual_size_bytes", "created_at"]
+
+
+@admin.register(Flavor)
+class FlavorAdmin(admin.ModelAdmin):
+    list_display = ["name", "vcpus", "memory_mb", "disk_gb"]
+    search_fields = ["name"]
+
+
+class VirtualMachineInline(admin.TabularInline):
+    model = VirtualMachine
+    extra = 0
+    fields = ["name", "state", "host", "flavor", "ssh_port"]
+    readonly_fields = fields
+    show_change_link = True
+    can_delete = False
+
+
+@admin.register(Environment)
+class EnvironmentAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "kind", "created_at"]
+    list_filter = ["kind", "team"]
+    search_fields = ["name", "team__name"]
+    inlines = [VirtualMachineInline]
+
+
+@admin.register(VirtualMachine)
+class VirtualMachineAdmin(admin.ModelAdmin):
+    list_display = ["name", "environment", "state", "host", "flavor", "image", "ssh_port"]
+    list_filter = ["state", "host", "environment__kind"]
+    search_fields = ["name", "uuid", "environment__name", "environment__team__name"]
+    list_select_related = ["environment__team", "host", "flavor", "image"]
+    # State changes go through jobs; the private host key is never shown.
+    readonly_fields = ["uuid", "state", "host_key_public", "error", "started_at", "created_at"]
+    exclude = ["host_key_private"]
+
+
+@admin.register(PortForward)
+class PortForwardAdmin(admin.ModelAdmin):
+    list_display = ["host", "host_port", "vm", "guest_port"]
+    list_filter = ["host"]
+    search_fields = ["vm__name"]
+
+
+@admin.register(Secret)
+class SecretAdmin(admin.ModelAdmin):
+    list_display = ["name", "team", "created_at"]
+    list_filter = ["team"]
+    search_fields = ["name"]
+    exclude = ["value"]
+
+    def has_change_permission(self, request, obj=None):
+        # Secrets are written by teams through the portal; operators see that they exist.
+        return False
+
+
+@admin.register(Service)
+class ServiceAdmin(admin.ModelAdmin):
+    list_display = ["name", "environment", "image", "replicas", "restart_policy"]
+    list_filter = ["environment__kind", "restart_policy"]
+    search_fields = ["name", "image", "environment__name"]
+
+
+@admin.register(Release)
+class ReleaseAdmin(admin.ModelAdmin):
+    list_display = ["service", "version", "image_digest", "promoted_from", "created_at"]
+    search_fields = ["service__name", "image_digest"]
+    readonly_fields = [
+        "service",
+        "version",
+        "image_digest",
+        "spec",
+        "promoted_from",
+        "created_by",
+        "created_at",
+    ]
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    list_display = ["release", "environment", "state", "created_at"]
+    list_filter = ["state", "environment__kind"]
+    search_fields = ["environment__name", "release__service__name"]
+    readonly_fields = ["state", "reason"]
+
+
+@admin.register(Container)
+class ContainerAdmin(admin.ModelAdmin):
+    list_display = ["name", "vm", "service", "release", "state", "health"]
+    list_filter = ["state", "health"]
+    search_fields = ["name", "engine_id", "service__name"]
+
+
+class JobStepInline(admin.TabularInline):
+    model = JobStep
+    extra = 0
+    fields = ["index", "name", "state", "started_at", "finished_at"]
+    readonly_fields = fields
+    can_delete = False
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = ["id", "kind", "team", "state", "progress", "requested_by", "created_at"]
+    list_filter = ["state", "kind", "team"]
+    search_fields = ["id", "kind", "team__name"]
+    readonly_fields = ["state", "progress", "error", "attempts", "started_at", "finished_at"]
+    inlines = [JobStepInline]
+
+
+@admin.register(JobStep)
+class JobStepAdmin(admin.ModelAdmin):
+    list_display = ["job", "index", "name", "state", "started_at", "finished_at"]
+    list_filter = ["state", "name"]
+    readonly_fields = ["log"]

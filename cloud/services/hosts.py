@@ -1,0 +1,41 @@
+"""Hypervisor hosts: registering a machine and refreshing what it can hold."""
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from cloud.models import Host
+from workers.hypervisor import HypervisorError, connect
+
+
+class HostUnavailable(Exception):
+    pass
+
+
+@transaction.atomic
+def register_host(name: str, libvirt_uri: str, virt_type: str | None = None) -> tuple[Host, bool]:
+    """Create or refresh the Host row for ``libvirt_uri`` from its real capacity."""
+    try:
+        with connect(libvirt_uri) as hypervisor:
+            capacity = hypervisor.capacity()
+    except HypervisorError as exc:
+        raise HostUnavailable(f"{libvirt_uri}: {exc}") from exc
+    host, created = Host.objects.select_for_update().get_or_create(
+        name=name,
+        defaults={
+            "libvirt_uri": libvirt_uri,
+            "virt_type": virt_type or settings.STRATA_VIRT_TYPE,
+            "cpus": capacity.cpus,
+            "memory_mb": capacity.memory_mb,
+        },
+    )
+    if not created:
+        host.libvirt_uri = libvirt_uri
+        host.cpus = capacity.cpus
+        host.memory_mb = capacity.memory_mb
+        if virt_type:
+            host.virt_type = virt_type
+    host.last_seen_at = timezone.now()
+    host.full_clean()
+    host.save()
+    return host, created

@@ -1,0 +1,189 @@
+"""Django settings for Strata.
+
+Every setting a deployment may change is read from the environment here and
+only here; README.md has the table.  Defaults are safe for a one-machine trial.
+"""
+
+import os
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if value.lower() in {"1", "true", "yes", "on"}:
+        return True
+    if value.lower() in {"0", "false", "no", "off", ""}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {value!r}")
+
+
+def default_data_dir() -> Path:
+    # libvirt's qemu runs as its own user and must reach the disks, so root keeps
+    # them under /var/lib rather than in a home directory it cannot traverse.
+    if os.geteuid() == 0:
+        return Path("/var/lib/strata")
+    return Path.home() / ".local" / "share" / "strata"
+
+
+STRATA_DATA_DIR = Path(os.environ.get("STRATA_DATA_DIR") or default_data_dir())
+
+
+def load_secret_key() -> str:
+    """SECRET_KEY from the environment, else one generated on first run and kept
+    in the data directory (mode 0600), never in the repository."""
+    if os.environ.get("SECRET_KEY"):
+        return os.environ["SECRET_KEY"]
+    key_file = STRATA_DATA_DIR / "secret_key"
+    if not key_file.exists():
+        STRATA_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(50))
+    return key_file.read_text().strip()
+
+
+SECRET_KEY = load_secret_key()
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",")
+    if h.strip()
+]
+CSRF_TRUSTED_ORIGINS = [
+    o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "tenants",
+    "cloud",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "cloud.urls"
+WSGI_APPLICATION = "cloud.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL") or f"sqlite:///{STRATA_DATA_DIR / 'strata.sqlite3'}",
+        conn_max_age=60,
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Celery workers and the web server write at once: wait for the lock
+    # instead of failing, and let readers go on during writes.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = STRATA_DATA_DIR / "static"
+LOGIN_URL = "admin:login"
+
+# Secure defaults whenever DEBUG is off.  TLS is usually terminated by a proxy
+# in front of Strata; STRATA_HTTPS=false is for the plain-HTTP loopback trial.
+STRATA_HTTPS = env_bool("STRATA_HTTPS", not DEBUG)
+SESSION_COOKIE_SECURE = STRATA_HTTPS
+CSRF_COOKIE_SECURE = STRATA_HTTPS
+SECURE_SSL_REDIRECT = STRATA_HTTPS and env_bool("STRATA_SSL_REDIRECT", True)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_SECONDS = 31536000 if STRATA_HTTPS else 0
+SECURE_HSTS_INCLUDE_SUBDOMAINS = STRATA_HTTPS
+SECURE_HSTS_PRELOAD = STRATA_HTTPS
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# --- Celery -----------------------------------------------------------------
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# A task is acknowledged only when it has finished, and re-queued when the process
+# running it dies, so a killed worker's job is redelivered and resumes.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "strata"
+CELERY_RESULT_EXPIRES = 3600
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Longer than any single step, so a slow step is not redelivered while it runs.
+    "visibility_timeout": int(os.environ.get("STRATA_VISIBILITY_TIMEOUT", "3600")),
+}
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(STRATA_DATA_DIR / "celerybeat-schedule")
+
+# --- Strata -------------------------------------------------------------------
+# The default for newly registered hosts (each Host keeps its own).  TCG ("qemu")
+# works on any machine; KVM is far faster where the CPU and kernel allow it.
+STRATA_VIRT_TYPE = os.environ.get("STRATA_VIRT_TYPE", "qemu")
+if STRATA_VIRT_TYPE not in {"kvm", "qemu"}:
+    raise ImproperlyConfigured("STRATA_VIRT_TYPE must be 'kvm' or 'qemu'")
+STRATA_LIBVIRT_URI = os.environ.get("STRATA_LIBVIRT_URI", "qemu:///system")
+STRATA_RECONCILE_SECONDS = int(os.environ.get("STRATA_RECONCILE_SECONDS", "60"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    # paramiko logs a traceback for every refused connection while a guest boots.
+    "loggers": {"paramiko": {"level": "WARNING"}},
+}

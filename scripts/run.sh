@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Start Strata on this machine: services, database, first admin and team, this
+# host registered, then a Celery worker, Celery beat and the web server.
+# Ctrl-C stops what this script started (the system daemons keep running).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+bind=${STRATA_BIND:-127.0.0.1:8000}
+# The trial serves plain HTTP on loopback; behind a TLS proxy leave this unset.
+export STRATA_HTTPS=${STRATA_HTTPS:-false}
+
+scripts/services.sh redis libvirt docker
+$py manage.py migrate --noinput
+$py manage.py collectstatic --noinput -v 0
+queue=$($py manage.py bootstrap --print-queue)
+
+pids=()
+stop() {
+  trap - INT TERM EXIT
+  echo "stopping Strata..."
+  [ ${#pids[@]} -gt 0 ] && kill -TERM "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+}
+trap stop INT TERM EXIT
+
+.venv/bin/celery -A workers worker -Q "strata,$queue" --concurrency 2 -n "worker@%h" \
+  --loglevel INFO &
+pids+=($!)
+.venv/bin/celery -A workers beat --loglevel INFO &
+pids+=($!)
+.venv/bin/gunicorn cloud.wsgi --bind "$bind" --workers 2 --access-logfile - &
+pids+=($!)
+
+echo "Strata is up: http://$bind/  (admin at http://$bind/admin/; Ctrl-C stops)"
+# If any of the three dies, stop the rest rather than run half a system.
+wait -n "${pids[@]}"

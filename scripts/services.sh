@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Start the daemons Strata needs, each only if it is not already answering.
+# No systemd on our test machines: where systemd is PID 1 we use it, otherwise
+# we start the daemons directly.  Usage: scripts/services.sh [redis] [libvirt] [docker] [postgres] [sshd]
+set -euo pipefail
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(redis libvirt docker)
+log_dir=${STRATA_LOG_DIR:-/var/log/strata}
+mkdir -p "$log_dir"
+has_systemd() { [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; }
+
+wait_for() {  # wait_for DESCRIPTION COMMAND...
+  local what=$1; shift
+  for _ in $(seq 1 60); do "$@" >/dev/null 2>&1 && return 0; sleep 0.5; done
+  echo "services: $what did not come up (log in $log_dir)" >&2; return 1
+}
+
+start_redis() {
+  redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && return 0
+  if has_systemd; then systemctl start redis-server
+  else redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --logfile "$log_dir/redis.log"; fi
+  wait_for redis redis-cli -h 127.0.0.1 ping
+}
+
+start_libvirt() {
+  if has_systemd; then systemctl start virtlogd libvirtd
+  else
+    pgrep -x virtlogd >/dev/null || virtlogd -d
+    pgrep -x libvirtd >/dev/null || libvirtd -d
+  fi
+  wait_for libvirtd virsh -c qemu:///system version
+}
+
+start_docker() {
+  docker version >/dev/null 2>&1 && return 0
+  if has_systemd; then systemctl start docker
+  else (setsid dockerd >"$log_dir/dockerd.log" 2>&1 &); fi
+  wait_for dockerd docker version
+}
+
+start_postgres() {
+  pg_isready -q -h 127.0.0.1 && return 0
+  if has_systemd; then systemctl start postgresql
+  else
+    local cluster; cluster=$(pg_lsclusters -h | awk 'NR==1 {print $1" "$2}')
+    [ -n "$cluster" ] || { echo "services: no PostgreSQL cluster found" >&2; return 1; }
+    pg_ctlcluster $cluster start
+  fi
+  wait_for postgres pg_isready -h 127.0.0.1
+}
+
+start_sshd() {
+  # Only needed for the host key material; tests run their own sshd on a loopback port.
+  ssh-keygen -A >/dev/null
+}
+
+for s in "${want[@]}"; do "start_$s"; done
