@@ -48,7 +48,9 @@ def team_world(team, port: int):
     )
     PortForward.objects.create(host=host, host_port=port, vm=vm, guest_port=22)
     service = Service.objects.create(environment=env, name="web", image="web:1")
-    release = Release.objects.create(service=service, version=1, image_digest="sha256:" + SHA, spec={})
+    release = Release.objects.create(
+        service=service, version=1, image_digest="sha256:" + SHA, spec={}
+    )
     Deployment.objects.create(environment=env, release=release)
     Container.objects.create(vm=vm, service=service, release=release, name="web-1")
     Secret.objects.create(team=team, name="token", value="s3cret")

@@ -23,15 +23,15 @@ def test_admin_pages_load(admin_client, make_team, model):
     team, user = make_team("alpha")
     team_world(team, port=20022)
     AuditEvent.record("test", team=team, actor=user, target=team)
-    info = model._meta.app_label, model._meta.model_name
+    label = f"{model._meta.app_label}_{model._meta.model_name}"
 
-    changelist = admin_client.get(reverse("admin:%s_%s_changelist" % info), {"q": "a"})
+    changelist = admin_client.get(reverse(f"admin:{label}_changelist"), {"q": "a"})
     assert changelist.status_code == 200
     instance = model.objects.first()
     assert instance is not None
-    change = admin_client.get(reverse("admin:%s_%s_change" % info, args=[instance.pk]))
+    change = admin_client.get(reverse(f"admin:{label}_change", args=[instance.pk]))
     assert change.status_code == 200
-    add = admin_client.get(reverse("admin:%s_%s_add" % info))
+    add = admin_client.get(reverse(f"admin:{label}_add"))
     assert add.status_code == (403 if model is AuditEvent else 200)
 
 

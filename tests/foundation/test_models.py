@@ -39,7 +39,8 @@ def test_membership_once_per_team_with_valid_role(django_user_model):
     user = django_user_model.objects.create_user("u")
     Membership.objects.create(team=team, user=user, role="viewer")
     violates(lambda: Membership.objects.create(team=team, user=user, role="admin"))
-    violates(lambda: Membership.objects.create(team=Team.objects.create(name="b"), user=user, role="root"))
+    other = Team.objects.create(name="b")
+    violates(lambda: Membership.objects.create(team=other, user=user, role="root"))
 
 
 def test_sizes_cannot_be_negative_or_zero():

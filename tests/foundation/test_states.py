@@ -9,7 +9,7 @@ from tests.foundation.factories import team_world
 @pytest.mark.parametrize(
     "machine, path",
     [
-        (VM_MACHINE, ["scheduled", "provisioning", "running", "stopping", "stopped", "deleting", "deleted"]),
+        (VM_MACHINE, ["scheduled", "provisioning", "running", "stopping", "stopped", "deleting"]),
         (VM_MACHINE, ["running", "lost", "deleting", "deleted"]),
         (JOB_MACHINE, ["queued", "running", "queued", "running", "succeeded"]),
         (DEPLOYMENT_MACHINE, ["pending", "rolling_out", "rolled_back"]),
