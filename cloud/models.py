@@ -185,6 +185,11 @@ class Environment(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # The job that holds this environment: operations on one environment run one
+    # at a time.  A lock whose job has finished is free, so no crash leaves it stuck.
+    lock_job = models.ForeignKey(
+        "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = TeamScopedQuerySet.as_manager()
 
@@ -458,6 +463,15 @@ class Job(StatefulModel):
         VirtualMachine, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
     )
     params = models.JSONField(default=dict, blank=True)
+    # A job of several VMs is a parent with one child per VM, each on its host's queue.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    # Set when the caller asked to queue behind the job holding the environment.
+    waits_for = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="waiters"
+    )
+    queue = models.CharField(max_length=60, default="strata")
     state = models.CharField(max_length=10, choices=JobState.choices, default=JobState.QUEUED)
     progress = models.PositiveSmallIntegerField(default=0, validators=[MaxValueValidator(100)])
     error = models.TextField(blank=True)

@@ -163,8 +163,13 @@ CELERY_TASK_DEFAULT_QUEUE = "strata"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # Longer than any single step, so a slow step is not redelivered while it runs.
-    "visibility_timeout": int(os.environ.get("STRATA_VISIBILITY_TIMEOUT", "3600")),
+    # When a whole worker dies, its unacknowledged jobs go back to the queue after
+    # this long; it must exceed the longest single step, or a slow step would be
+    # delivered twice.
+    "visibility_timeout": int(os.environ.get("STRATA_VISIBILITY_TIMEOUT", "900")),
+    # How often workers sweep for such abandoned messages.
+    "unacked_restore_interval": int(os.environ.get("STRATA_UNACKED_RESTORE_SECONDS", "10")),
+    "unacked_restore_throttle": 1,
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(STRATA_DATA_DIR / "celerybeat-schedule")
@@ -177,6 +182,9 @@ if STRATA_VIRT_TYPE not in {"kvm", "qemu"}:
     raise ImproperlyConfigured("STRATA_VIRT_TYPE must be 'kvm' or 'qemu'")
 STRATA_LIBVIRT_URI = os.environ.get("STRATA_LIBVIRT_URI", "qemu:///system")
 STRATA_RECONCILE_SECONDS = int(os.environ.get("STRATA_RECONCILE_SECONDS", "60"))
+# Transient failures (a host or connection gone) are retried with exponential backoff.
+STRATA_JOB_MAX_ATTEMPTS = int(os.environ.get("STRATA_JOB_MAX_ATTEMPTS", "5"))
+STRATA_JOB_BACKOFF_SECONDS = float(os.environ.get("STRATA_JOB_BACKOFF_SECONDS", "2"))
 
 LOGGING = {
     "version": 1,

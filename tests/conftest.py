@@ -21,3 +21,69 @@ def make_team(django_user_model):
 def plain_http(settings):
     """The test client speaks plain HTTP; production redirects it to HTTPS."""
     settings.SECURE_SSL_REDIRECT = False
+
+
+@pytest.fixture
+def worker_factory(request):
+    """Start real Celery worker processes on the test database.
+
+    ``start(queue, include=[modules])`` returns the Popen; every worker is
+    SIGKILLed with its pool at the end of the test.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"] != "django.db.backends.postgresql":
+        pytest.skip("worker tests share the database with another process: needs PostgreSQL")
+    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
+    url = f"postgres://{db['USER']}:{db['PASSWORD']}@{host}:{port}/{db['NAME']}"
+    procs = []
+
+    def start(queue: str, include=(), **env):
+        cmd = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-n",
+            f"{queue}-{len(procs)}@%h",
+            "--loglevel",
+            "WARNING",
+        ]
+        for module in include:
+            cmd += ["--include", module]
+        proc = subprocess.Popen(
+            cmd,
+            cwd=Path(__file__).resolve().parents[1],
+            start_new_session=True,
+            env={**os.environ, "DATABASE_URL": url, **env},
+        )
+        procs.append(proc)
+        return proc
+
+    def kill(proc):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=30)
+
+    start.kill = kill
+    yield start
+    for proc in procs:
+        kill(proc)

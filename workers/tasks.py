@@ -11,3 +11,14 @@ from workers.celery import app
 def ping(token: str) -> dict:
     """Answer with who ran it: a worker health check and a broker round trip."""
     return {"token": token, "worker": socket.gethostname(), "at": timezone.now().isoformat()}
+
+
+@app.task(bind=True, name="strata.run_job", max_retries=None)
+def run_job(self, job_id: str) -> None:
+    """Run or resume one job; the message carries only its id."""
+    from workers import jobs
+
+    try:
+        jobs.run(job_id)
+    except jobs.RetryLater as later:
+        raise self.retry(countdown=later.countdown) from later
