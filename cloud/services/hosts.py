@@ -5,7 +5,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from cloud.models import Host
-from workers.hypervisor import HypervisorError, connect
+from workers.hypervisor import Hypervisor, HypervisorError
 
 
 class HostUnavailable(Exception):
@@ -16,7 +16,7 @@ class HostUnavailable(Exception):
 def register_host(name: str, libvirt_uri: str, virt_type: str | None = None) -> tuple[Host, bool]:
     """Create or refresh the Host row for ``libvirt_uri`` from its real capacity."""
     try:
-        with connect(libvirt_uri) as hypervisor:
+        with Hypervisor(libvirt_uri, settings.STRATA_DATA_DIR) as hypervisor:
             capacity = hypervisor.capacity()
     except HypervisorError as exc:
         raise HostUnavailable(f"{libvirt_uri}: {exc}") from exc
@@ -26,13 +26,13 @@ def register_host(name: str, libvirt_uri: str, virt_type: str | None = None) -> 
             "libvirt_uri": libvirt_uri,
             "virt_type": virt_type or settings.STRATA_VIRT_TYPE,
             "cpus": capacity.cpus,
-            "memory_mb": capacity.memory_mb,
+            "memory_mb": capacity.memory_mib,
         },
     )
     if not created:
         host.libvirt_uri = libvirt_uri
         host.cpus = capacity.cpus
-        host.memory_mb = capacity.memory_mb
+        host.memory_mb = capacity.memory_mib
         if virt_type:
             host.virt_type = virt_type
     host.last_seen_at = timezone.now()
