@@ -185,6 +185,9 @@ STRATA_RECONCILE_SECONDS = int(os.environ.get("STRATA_RECONCILE_SECONDS", "60"))
 # Transient failures (a host or connection gone) are retried with exponential backoff.
 STRATA_JOB_MAX_ATTEMPTS = int(os.environ.get("STRATA_JOB_MAX_ATTEMPTS", "5"))
 STRATA_JOB_BACKOFF_SECONDS = float(os.environ.get("STRATA_JOB_BACKOFF_SECONDS", "2"))
+# Bounded waits for a new guest: a VM that is not ready by then fails its step.
+STRATA_SSH_READY_SECONDS = int(os.environ.get("STRATA_SSH_READY_SECONDS", "300"))
+STRATA_DOCKER_READY_SECONDS = int(os.environ.get("STRATA_DOCKER_READY_SECONDS", "120"))
 
 LOGGING = {
     "version": 1,

@@ -33,6 +33,8 @@ class Plan:
     kind: str
     steps: tuple[Step, ...]
     compensate: Callable[[StepContext], None] | None = None
+    # Called inside the finishing transaction with the finished job.
+    on_finish: Callable[[Job], None] | None = None
 
     def step_named(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
@@ -165,6 +167,7 @@ def _compensate(plan: Plan, job: Job, reason: str) -> None:
     row, _ = JobStep.objects.get_or_create(
         job=job, name="compensate", defaults={"index": index, "started_at": timezone.now()}
     )
+    job.error = reason
     ctx = StepContext(job, row)
     ctx.log(f"undoing what this job made ({reason})")
     try:
@@ -188,6 +191,8 @@ def finish(job: Job, state: str, error: str = "") -> None:
     if state == JobState.SUCCEEDED:
         fields["progress"] = 100
     job.move_to(state, **fields)
+    if PLANS[job.kind].on_finish is not None:
+        PLANS[job.kind].on_finish(job)
     AuditEvent.record(
         f"job.{state}",
         team=job.team,
@@ -221,4 +226,12 @@ def _release(job: Job) -> None:
     waiter = job.waiters.filter(state=JobState.QUEUED).order_by("created_at").first()
     if waiter is not None and waiter.environment_id:
         Environment.objects.filter(pk=waiter.environment_id).update(lock_job=waiter)
-        enqueue(waiter)
+        job.waiters.filter(state=JobState.QUEUED).exclude(pk=waiter.pk).update(waits_for=waiter)
+        start(waiter)
+
+
+def start(job: Job) -> None:
+    """Enqueue the job's per-VM children, or the job itself when it has none."""
+    children = list(job.children.all())
+    for child in children or [job]:
+        enqueue(child)

@@ -4,6 +4,7 @@ import socket
 
 from django.utils import timezone
 
+import workers.steps  # noqa: F401 - registers the job plans
 from workers.celery import app
 
 

@@ -15,8 +15,11 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("name", choices=sorted(RECIPES), help="which image to build")
+        parser.add_argument(
+            "--mirror", help="Debian mirror URL (default: the one the host's apt sources name)"
+        )
 
-    def handle(self, *args, name, **options):
+    def handle(self, *args, name, mirror, **options):
         existing = Image.objects.filter(name=name).first()
         if existing and existing.source != Image.Source.BUILT:
             raise CommandError(
@@ -24,7 +27,10 @@ class Command(BaseCommand):
             )
         try:
             built = build_debian_image(
-                settings.STRATA_DATA_DIR, self._progress_printer(), recipe=RECIPES[name]
+                settings.STRATA_DATA_DIR,
+                self._progress_printer(),
+                recipe=RECIPES[name],
+                mirror=mirror,
             )
         except ImageError as error:
             raise CommandError(f"building {name} failed: {error}") from error

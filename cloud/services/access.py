@@ -1,0 +1,38 @@
+"""Who may do what: viewers read, developers act on dev and staging, only team
+admins act on prod.  Every service checks here before it changes anything."""
+
+from tenants.models import Membership, Role
+
+from .errors import Forbidden, NotFound
+
+# The least role needed to act on an environment of each kind.
+ACT_ROLE = {"dev": Role.DEVELOPER, "staging": Role.DEVELOPER, "prod": Role.ADMIN}
+
+
+def membership(user, team) -> Membership:
+    """The user's membership, or NotFound: a team you are not in does not exist for you."""
+    found = Membership.objects.filter(user=user, team=team).first() if user else None
+    if found is None:
+        raise NotFound("no such team")
+    return found
+
+
+def require_read(user, team) -> Membership:
+    return membership(user, team)
+
+
+def require_act(user, team, kind: str) -> Membership:
+    member = membership(user, team)
+    needed = ACT_ROLE[kind]
+    if not member.has_role(needed):
+        raise Forbidden(
+            f"acting on a {kind} environment needs the {needed} role; you are {member.role}"
+        )
+    return member
+
+
+def require_team_admin(user, team) -> Membership:
+    member = membership(user, team)
+    if not member.has_role(Role.ADMIN):
+        raise Forbidden(f"this needs the admin role; you are {member.role}")
+    return member

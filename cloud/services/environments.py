@@ -1,0 +1,224 @@
+"""Environment operations: create, destroy, and the VM actions inside one.
+
+Each checks the caller's role, validates its input (a ValidationError names
+the field), takes the team's quota and the environment's lock with row locks
+inside one transaction, writes the desired state and the Job, audits, and
+enqueues the job's tasks on commit.  Nothing here waits for a VM.
+"""
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Sum
+
+import workers.steps  # noqa: F401 - registers the job plans
+from cloud.models import Environment, Flavor, Host, Image, Job, VirtualMachine, VMState
+from tenants.models import AuditEvent, Quota, slug_name
+from workers import jobs
+
+from .access import require_act, require_read
+from .errors import Busy, NotFound, QuotaExceeded, ValidationError
+from .scheduler import HostState, NoValidHost, Request, Scheduler
+
+MAX_VMS_PER_REQUEST = 20
+
+
+def _live_vms():
+    return VirtualMachine.objects.exclude(state=VMState.DELETED)
+
+
+def get_environment(user, team, env_id) -> Environment:
+    """The team's environment, or NotFound (also for other teams' environments)."""
+    require_read(user, team)
+    env = Environment.objects.for_team(team).filter(pk=env_id).first()
+    if env is None:
+        raise NotFound("no such environment")
+    return env
+
+
+def team_usage(team) -> dict[str, int]:
+    totals = (
+        _live_vms()
+        .for_team(team)
+        .aggregate(
+            vms=Count("id"),
+            vcpus=Sum("flavor__vcpus"),
+            memory_mb=Sum("flavor__memory_mb"),
+            disk_gb=Sum("flavor__disk_gb"),
+        )
+    )
+    return {k: v or 0 for k, v in totals.items()}
+
+
+def _check_quota(team, flavor: Flavor, vm_count: int) -> None:
+    # The row lock serialises concurrent requests of one team: each sees the
+    # usage committed by the one before it.
+    quota = Quota.objects.select_for_update().get(team=team)
+    used = team_usage(team)
+    wanted = {
+        "vms": vm_count,
+        "vcpus": vm_count * flavor.vcpus,
+        "memory_mb": vm_count * flavor.memory_mb,
+        "disk_gb": vm_count * flavor.disk_gb,
+    }
+    over = [
+        f"{resource}: {used[resource]} used + {need} requested > quota {getattr(quota, resource)}"
+        for resource, need in wanted.items()
+        if used[resource] + need > getattr(quota, resource)
+    ]
+    if over:
+        raise QuotaExceeded({"vm_count": ["team quota exceeded: " + "; ".join(over)]})
+
+
+def _host_states() -> list[HostState]:
+    # Locking the hosts makes two concurrent placements see each other's VMs.
+    hosts = list(Host.objects.select_for_update().order_by("pk"))
+    usage = {
+        row["host"]: row
+        for row in _live_vms()
+        .filter(host__in=hosts)
+        .values("host")
+        .annotate(vcpus=Sum("flavor__vcpus"), memory_mb=Sum("flavor__memory_mb"))
+    }
+    env_counts: dict[int, dict] = {}
+    for row in (
+        _live_vms().filter(host__in=hosts).values("host", "environment").annotate(n=Count("id"))
+    ):
+        env_counts.setdefault(row["host"], {})[row["environment"]] = row["n"]
+    states = []
+    for host in hosts:
+        state = HostState(
+            name=str(host.pk),
+            cpus=host.cpus,
+            memory_mb=host.memory_mb,
+            cpu_overcommit=host.cpu_overcommit,
+            ram_overcommit=host.ram_overcommit,
+            enabled=host.status == Host.Status.ENABLED,
+            used_vcpus=usage.get(host.pk, {}).get("vcpus") or 0,
+            used_memory_mb=usage.get(host.pk, {}).get("memory_mb") or 0,
+        )
+        state.env_vms.update(env_counts.get(host.pk, {}))
+        states.append(state)
+    return states
+
+
+def _validate_create(name, kind, vm_count, flavor, image) -> tuple[Flavor, Image]:
+    errors: dict[str, list[str]] = {}
+    try:
+        slug_name(name if isinstance(name, str) else "")
+    except ValidationError as exc:
+        errors["name"] = exc.messages
+    if kind not in Environment.Kind.values:
+        errors["kind"] = [f"must be one of {', '.join(Environment.Kind.values)}"]
+    if (
+        isinstance(vm_count, bool)
+        or not isinstance(vm_count, int)
+        or not (1 <= vm_count <= MAX_VMS_PER_REQUEST)
+    ):
+        errors["vm_count"] = [f"must be a whole number from 1 to {MAX_VMS_PER_REQUEST}"]
+    flavor_obj = (
+        flavor if isinstance(flavor, Flavor) else Flavor.objects.filter(name=flavor).first()
+    )
+    if flavor_obj is None:
+        errors["flavor"] = [f"no flavor named {flavor!r}"]
+    image_obj = image if isinstance(image, Image) else Image.objects.filter(name=image).first()
+    if image_obj is None:
+        errors["image"] = [f"no image named {image!r}"]
+    if errors:
+        raise ValidationError(errors)
+    return flavor_obj, image_obj
+
+
+def _take_lock(env: Environment, job: Job, queue_if_busy: bool) -> bool:
+    """Make ``job`` the holder of ``env``'s lock; True if it may start now."""
+    env = Environment.objects.select_for_update().get(pk=env.pk)
+    holder = env.lock_job
+    if holder is not None and not holder.is_finished:
+        if not queue_if_busy:
+            raise Busy(holder)
+        job.waits_for = holder
+        job.save(update_fields=["waits_for"])
+        return False
+    Environment.objects.filter(pk=env.pk).update(lock_job=job)
+    return True
+
+
+def _vm_jobs(parent: Job, kind: str, vms) -> None:
+    for vm in vms:
+        jobs.create_job(
+            team=parent.team,
+            kind=kind,
+            requested_by=parent.requested_by,
+            parent=parent,
+            environment=parent.environment,
+            vm=vm,
+            queue=vm.host.queue,
+        )
+
+
+def create_environment(
+    *, user, team, name, kind, vm_count=1, flavor="small", image="debian-12"
+) -> Job:
+    """Create an environment of ``vm_count`` VMs; returns the job that provisions it."""
+    flavor, image = _validate_create(name, kind, vm_count, flavor, image)
+    require_act(user, team, kind)
+    with transaction.atomic():
+        _check_quota(team, flavor, vm_count)
+        try:
+            with transaction.atomic():
+                env = Environment.objects.create(team=team, name=name, kind=kind, created_by=user)
+        except IntegrityError as exc:
+            raise ValidationError({"name": [f"an environment named {name!r} exists"]}) from exc
+        scheduler = Scheduler(_host_states())
+        hosts = {str(h.pk): h for h in Host.objects.all()}
+        try:
+            placed = [
+                scheduler.place(Request(flavor.vcpus, flavor.memory_mb, image.name, kind, env.pk))
+                for _ in range(vm_count)
+            ]
+        except NoValidHost as exc:
+            raise ValidationError({"vm_count": [str(exc)]}) from exc
+        vms = [
+            VirtualMachine.objects.create(
+                environment=env,
+                name=f"{name}-{i}",
+                host=hosts[state.name],
+                flavor=flavor,
+                image=image,
+            )
+            for i, state in enumerate(placed, start=1)
+        ]
+        parent = jobs.create_job(
+            team=team,
+            kind="create_environment",
+            requested_by=user,
+            environment=env,
+            params={"vm_count": vm_count},
+        )
+        _take_lock(env, parent, queue_if_busy=False)
+        _vm_jobs(parent, "provision_vm", vms)
+        AuditEvent.record(
+            "environment.create",
+            team=team,
+            actor=user,
+            target=env,
+            kind=kind,
+            vm_count=vm_count,
+            flavor=flavor.name,
+            image=image.name,
+        )
+        jobs.start(parent)
+    return parent
+
+
+def destroy_environment(*, user, team, env_id, queue_if_busy=False) -> Job:
+    env = get_environment(user, team, env_id)
+    require_act(user, team, env.kind)
+    with transaction.atomic():
+        parent = jobs.create_job(
+            team=team, kind="destroy_environment", requested_by=user, environment=env
+        )
+        may_start = _take_lock(env, parent, queue_if_busy)
+        _vm_jobs(parent, "destroy_vm", _live_vms().filter(environment=env).select_related("host"))
+        AuditEvent.record("environment.destroy", team=team, actor=user, target=env)
+        if may_start:
+            jobs.start(parent)
+    return parent

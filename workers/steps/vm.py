@@ -1,0 +1,244 @@
+"""Provisioning, destroying and operating one VM, as named idempotent steps.
+
+Every step re-reads the VM and asks the hypervisor what already exists, so a
+job redelivered after a crash repeats at most the step it was in.
+"""
+
+import contextlib
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from cloud.models import PortForward, VirtualMachine, VMState
+from workers.hypervisor import (
+    DomainSpec,
+    Hypervisor,
+    KernelBoot,
+    OperationTimeout,
+    SeedConfig,
+    SshKeyPair,
+    UserNetwork,
+    build_seed_iso,
+    find_free_loopback_ports,
+    generate_ed25519_keypair,
+    wait_for_ssh,
+)
+from workers.jobs import Plan, Step, StepContext, UserError, register
+from workers.keys import manager_keypair
+
+SSH_PORT = 22
+CONSOLE_TAIL_LINES = 15
+
+
+def vm_of(ctx: StepContext) -> VirtualMachine:
+    return VirtualMachine.objects.select_related("host", "flavor", "image", "environment").get(
+        pk=ctx.job.vm_id
+    )
+
+
+@contextlib.contextmanager
+def hypervisor(vm: VirtualMachine):
+    with Hypervisor(
+        vm.host.libvirt_uri, settings.STRATA_DATA_DIR, virt_type=vm.host.virt_type
+    ) as hv:
+        yield hv
+
+
+def ssh_port(vm: VirtualMachine) -> int | None:
+    forward = PortForward.objects.filter(vm=vm, guest_port=SSH_PORT).first()
+    return forward.host_port if forward else None
+
+
+def console_tail(hv: Hypervisor, vm: VirtualMachine) -> str:
+    path = Path(hv.console_log_path(vm.domain_name))
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no console output)"
+    return "\n".join(lines[-CONSOLE_TAIL_LINES:])
+
+
+# --- provision ----------------------------------------------------------------
+
+
+def reserve(ctx: StepContext) -> None:
+    """Pick the loopback port for SSH and the guest's host key, once."""
+    vm = vm_of(ctx)
+    if vm.state == VMState.SCHEDULED:
+        vm.move_to(VMState.PROVISIONING)
+    if ssh_port(vm) is None:
+        taken = PortForward.objects.filter(host=vm.host).values_list("host_port", flat=True)
+        for port in find_free_loopback_ports(5, exclude=set(taken)):
+            try:
+                with transaction.atomic():
+                    PortForward.objects.create(host=vm.host, host_port=port, vm=vm, guest_port=22)
+                break
+            except IntegrityError:
+                continue  # another job took it first
+        else:
+            raise UserError("no free loopback port for SSH on this host")
+    if not vm.host_key_public:
+        pair = generate_ed25519_keypair(f"strata-{vm.uuid}")
+        vm.host_key_public, vm.host_key_private = pair.public_openssh, pair.private_openssh
+        vm.save(update_fields=["host_key_public", "host_key_private", "updated_at"])
+    ctx.log(f"ssh forward 127.0.0.1:{ssh_port(vm)} -> guest :22; host key pinned")
+
+
+def create_disk(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    with hypervisor(vm) as hv:
+        hv.ensure_storage()
+        hv.import_base_image(vm.image.name, vm.image.path)
+        path = hv.create_disk(vm.domain_name, vm.image.name, vm.flavor.disk_gb)
+    ctx.log(f"disk {path}: copy-on-write over {vm.image.name}, {vm.flavor.disk_gb} GiB")
+
+
+def write_seed(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    seed = SeedConfig(
+        instance_id=str(vm.uuid),
+        hostname=vm.name,
+        authorized_keys=(manager_keypair().public_openssh,),
+        host_key=SshKeyPair(vm.host_key_private, vm.host_key_public),
+    ).validate()
+    with hypervisor(vm) as hv:
+        path = hv.write_seed(vm.domain_name, build_seed_iso(seed))
+    ctx.log(f"cloud-init seed {path}")
+
+
+def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
+    forwards = UserNetwork(ssh_host_port=ssh_port(vm))
+    kernel = None
+    if vm.image.kernel_path:
+        kernel = KernelBoot(
+            vm.image.kernel_path, vm.image.initrd_path or None, vm.image.kernel_cmdline
+        )
+    return DomainSpec(
+        name=vm.domain_name,
+        uuid=str(vm.uuid),
+        vm_id=str(vm.pk),
+        environment_id=str(vm.environment_id),
+        vcpus=vm.flavor.vcpus,
+        memory_mib=vm.flavor.memory_mb,
+        disk_path=hv.disk_path(vm.domain_name),
+        console_log_path=hv.console_log_path(vm.domain_name),
+        network=forwards,
+        seed_path=hv.seed_path(vm.domain_name),
+        virt_type=vm.host.virt_type,
+        kernel_boot=kernel,
+    ).validate()
+
+
+def define(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    with hypervisor(vm) as hv:
+        hv.define(domain_spec(vm, hv))
+    ctx.log(f"domain {vm.domain_name} defined ({vm.host.virt_type})")
+
+
+def start(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    with hypervisor(vm) as hv:
+        hv.start(str(vm.uuid))
+    VirtualMachine.objects.filter(pk=vm.pk).update(started_at=timezone.now())
+    ctx.log("started")
+
+
+def wait_ssh(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    port = ssh_port(vm)
+    with hypervisor(vm) as hv:
+        try:
+            client = wait_for_ssh(
+                port,
+                vm.host_key_public,
+                manager_keypair().private_openssh,
+                timeout=settings.STRATA_SSH_READY_SECONDS,
+            )
+        except OperationTimeout as exc:
+            # Not transient here: a guest that did not come up in the bounded
+            # time fails this step with what its console said last.
+            raise UserError(
+                f"no SSH with the pinned host key on 127.0.0.1:{port} after "
+                f"{settings.STRATA_SSH_READY_SECONDS} s ({exc.last_error!r}); "
+                f"console:\n{console_tail(hv, vm)}"
+            ) from exc
+    client.close()
+    VirtualMachine.objects.filter(pk=vm.pk).update(ssh_host="127.0.0.1", ssh_port=port)
+    ctx.log(f"ssh ready on 127.0.0.1:{port}, host key matches the pinned one")
+
+
+def check_docker(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    client = wait_for_ssh(
+        vm.ssh_port, vm.host_key_public, manager_keypair().private_openssh, timeout=30
+    )
+    try:
+        deadline = timezone.now() + timezone.timedelta(seconds=settings.STRATA_DOCKER_READY_SECONDS)
+        while True:
+            _, stdout, stderr = client.exec_command(
+                "docker info --format '{{.ServerVersion}}'", timeout=30
+            )
+            status = stdout.channel.recv_exit_status()
+            output = (stdout.read() + stderr.read()).decode(errors="replace").strip()
+            if status == 0 or timezone.now() > deadline:
+                break
+    finally:
+        client.close()
+    if status != 0:
+        raise UserError(f"docker is not answering in the guest: {output[-500:]}")
+    vm.move_to(VMState.RUNNING, error="")
+    ctx.log(f"docker {output} answering; VM running")
+
+
+def undo_provision(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    with hypervisor(vm) as hv:
+        hv.destroy(vm.domain_name, str(vm.uuid))
+    PortForward.objects.filter(vm=vm).delete()
+    if vm.state != VMState.ERROR:
+        vm.move_to(VMState.ERROR, error=ctx.job.error or "provisioning failed")
+    ctx.log("domain, disk, seed, console log and port forwards removed")
+
+
+register(
+    Plan(
+        "provision_vm",
+        (
+            Step("reserve", reserve),
+            Step("create disk", create_disk),
+            Step("write seed", write_seed),
+            Step("define", define),
+            Step("start", start),
+            Step("wait for ssh", wait_ssh),
+            Step("check docker", check_docker),
+        ),
+        compensate=undo_provision,
+    )
+)
+
+
+# --- destroy ------------------------------------------------------------------
+
+
+def destroy_domain(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    if vm.state not in (VMState.DELETING, VMState.DELETED):
+        vm.move_to(VMState.DELETING)
+    with hypervisor(vm) as hv:
+        hv.destroy(vm.domain_name, str(vm.uuid))
+    ctx.log("domain undefined; disk, seed and console log deleted")
+
+
+def release(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    PortForward.objects.filter(vm=vm).delete()
+    vm.containers.all().delete()
+    if vm.state != VMState.DELETED:
+        vm.move_to(VMState.DELETED)
+    ctx.log("port forwards released; quota freed")
+
+
+register(Plan("destroy_vm", (Step("destroy domain", destroy_domain), Step("release", release))))
