@@ -188,6 +188,8 @@ STRATA_JOB_BACKOFF_SECONDS = float(os.environ.get("STRATA_JOB_BACKOFF_SECONDS", 
 # Bounded waits for a new guest: a VM that is not ready by then fails its step.
 STRATA_SSH_READY_SECONDS = int(os.environ.get("STRATA_SSH_READY_SECONDS", "300"))
 STRATA_DOCKER_READY_SECONDS = int(os.environ.get("STRATA_DOCKER_READY_SECONDS", "120"))
+# A graceful shutdown that takes longer than this is forced.
+STRATA_SHUTDOWN_SECONDS = int(os.environ.get("STRATA_SHUTDOWN_SECONDS", "60"))
 
 LOGGING = {
     "version": 1,

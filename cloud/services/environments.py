@@ -48,24 +48,19 @@ def team_usage(team) -> dict[str, int]:
     return {k: v or 0 for k, v in totals.items()}
 
 
-def _check_quota(team, flavor: Flavor, vm_count: int) -> None:
+def _check_quota(team, field: str, **wanted: int) -> None:
+    """Refuse (naming ``field``) unless the team's quota has room for ``wanted``."""
     # The row lock serialises concurrent requests of one team: each sees the
     # usage committed by the one before it.
     quota = Quota.objects.select_for_update().get(team=team)
     used = team_usage(team)
-    wanted = {
-        "vms": vm_count,
-        "vcpus": vm_count * flavor.vcpus,
-        "memory_mb": vm_count * flavor.memory_mb,
-        "disk_gb": vm_count * flavor.disk_gb,
-    }
     over = [
         f"{resource}: {used[resource]} used + {need} requested > quota {getattr(quota, resource)}"
         for resource, need in wanted.items()
         if used[resource] + need > getattr(quota, resource)
     ]
     if over:
-        raise QuotaExceeded({"vm_count": ["team quota exceeded: " + "; ".join(over)]})
+        raise QuotaExceeded({field: ["team quota exceeded: " + "; ".join(over)]})
 
 
 def _host_states() -> list[HostState]:
@@ -161,7 +156,14 @@ def create_environment(
     flavor, image = _validate_create(name, kind, vm_count, flavor, image)
     require_act(user, team, kind)
     with transaction.atomic():
-        _check_quota(team, flavor, vm_count)
+        _check_quota(
+            team,
+            "vm_count",
+            vms=vm_count,
+            vcpus=vm_count * flavor.vcpus,
+            memory_mb=vm_count * flavor.memory_mb,
+            disk_gb=vm_count * flavor.disk_gb,
+        )
         try:
             with transaction.atomic():
                 env = Environment.objects.create(team=team, name=name, kind=kind, created_by=user)
@@ -222,3 +224,82 @@ def destroy_environment(*, user, team, env_id, queue_if_busy=False) -> Job:
         if may_start:
             jobs.start(parent)
     return parent
+
+
+# --- operations on one VM -------------------------------------------------------------
+
+# The VM states each action may start from.
+VM_ACTIONS = {
+    "start": {VMState.STOPPED, VMState.ERROR},
+    "stop": {VMState.RUNNING, VMState.ERROR},
+    "reboot": {VMState.RUNNING},
+    "snapshot": {VMState.RUNNING, VMState.STOPPED},
+    "revert": {VMState.RUNNING, VMState.STOPPED},
+    "delete_snapshot": {VMState.RUNNING, VMState.STOPPED},
+    "resize": {VMState.STOPPED},
+}
+
+
+def get_vm(user, team, vm_id) -> VirtualMachine:
+    require_read(user, team)
+    vm = (
+        VirtualMachine.objects.for_team(team)
+        .select_related("environment", "host")
+        .filter(pk=vm_id)
+        .first()
+    )
+    if vm is None:
+        raise NotFound("no such VM")
+    return vm
+
+
+def _validate_vm_action(vm: VirtualMachine, action: str, params: dict) -> dict:
+    if action not in VM_ACTIONS:
+        raise ValidationError({"action": [f"must be one of {', '.join(VM_ACTIONS)}"]})
+    if vm.state not in VM_ACTIONS[action]:
+        allowed = ", ".join(sorted(VM_ACTIONS[action]))
+        raise ValidationError({"action": [f"cannot {action} a VM that is {vm.state} ({allowed})"]})
+    clean = {}
+    if action in {"snapshot", "revert", "delete_snapshot"}:
+        name = params.get("snapshot")
+        try:
+            slug_name(name if isinstance(name, str) else "")
+        except ValidationError as exc:
+            raise ValidationError({"snapshot": exc.messages}) from exc
+        clean["snapshot"] = name
+    if action == "resize":
+        flavor = Flavor.objects.filter(name=params.get("flavor")).first()
+        if flavor is None:
+            raise ValidationError({"flavor": [f"no flavor named {params.get('flavor')!r}"]})
+        clean["flavor"] = flavor.name
+    return clean
+
+
+def vm_action(*, user, team, vm_id, action, queue_if_busy=False, **params) -> Job:
+    vm = get_vm(user, team, vm_id)
+    require_act(user, team, vm.environment.kind)
+    clean = _validate_vm_action(vm, action, params)
+    with transaction.atomic():
+        if action == "resize":
+            new, old = Flavor.objects.get(name=clean["flavor"]), vm.flavor
+            _check_quota(
+                team,
+                "flavor",
+                vcpus=max(new.vcpus - old.vcpus, 0),
+                memory_mb=max(new.memory_mb - old.memory_mb, 0),
+                disk_gb=max(new.disk_gb - old.disk_gb, 0),
+            )
+        job = jobs.create_job(
+            team=team,
+            kind=f"vm_{action}",
+            requested_by=user,
+            environment=vm.environment,
+            vm=vm,
+            queue=vm.host.queue,
+            params=clean,
+        )
+        may_start = _take_lock(vm.environment, job, queue_if_busy)
+        AuditEvent.record(f"vm.{action}", team=team, actor=user, target=vm, **clean)
+        if may_start:
+            jobs.start(job)
+    return job
