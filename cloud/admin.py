@@ -9,6 +9,7 @@ from cloud.models import (
     Image,
     Job,
     JobStep,
+    Orphan,
     PortForward,
     Release,
     Secret,
@@ -170,3 +171,13 @@ class JobStepAdmin(admin.ModelAdmin):
     list_display = ["job", "index", "name", "state", "started_at", "finished_at"]
     list_filter = ["state", "name"]
     readonly_fields = ["log"]
+
+
+@admin.register(Orphan)
+class OrphanAdmin(admin.ModelAdmin):
+    """What the reconciler found without a record; it removes these after the grace period."""
+
+    list_display = ["kind", "name", "host", "first_seen_at"]
+    list_filter = ["kind", "host"]
+    search_fields = ["name"]
+    readonly_fields = ["host", "kind", "name", "first_seen_at"]

@@ -542,3 +542,34 @@ class JobStep(models.Model):
 
     def __str__(self):
         return f"{self.index}. {self.name} ({self.state})"
+
+
+class OrphanKind(models.TextChoices):
+    DOMAIN = "domain"
+    VOLUME = "volume"
+    CONTAINER = "container"
+
+
+class Orphan(models.Model):
+    """Something on a host that carries Strata's marks but has no record.
+
+    The reconciler notes it when first seen and removes it after a grace
+    period, so a resource being made right now is never taken for one.
+    """
+
+    Kind = OrphanKind
+
+    host = models.ForeignKey(Host, on_delete=models.CASCADE, related_name="orphans")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    name = models.CharField(max_length=200)
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["host", "kind", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["host", "kind", "name"], name="orphan_once"),
+            state_check("kind", OrphanKind, "orphan_kind_valid"),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} {self.name} on {self.host}"

@@ -190,6 +190,14 @@ STRATA_SSH_READY_SECONDS = int(os.environ.get("STRATA_SSH_READY_SECONDS", "300")
 STRATA_DOCKER_READY_SECONDS = int(os.environ.get("STRATA_DOCKER_READY_SECONDS", "120"))
 # A graceful shutdown that takes longer than this is forced.
 STRATA_SHUTDOWN_SECONDS = int(os.environ.get("STRATA_SHUTDOWN_SECONDS", "60"))
+# The reconciler removes an orphan (a marked domain, volume or container with no
+# record) only once it has been seen for this long.
+STRATA_ORPHAN_GRACE_SECONDS = int(os.environ.get("STRATA_ORPHAN_GRACE_SECONDS", "600"))
+# A job not updated for this long is sent to its queue again (its message was lost).
+STRATA_STUCK_JOB_SECONDS = int(os.environ.get("STRATA_STUCK_JOB_SECONDS", "1800"))
+CELERY_BEAT_SCHEDULE = {
+    "reconcile": {"task": "strata.reconcile", "schedule": float(STRATA_RECONCILE_SECONDS)},
+}
 
 LOGGING = {
     "version": 1,

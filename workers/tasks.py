@@ -23,3 +23,23 @@ def run_job(self, job_id: str) -> None:
         jobs.run(job_id)
     except jobs.RetryLater as later:
         raise self.retry(countdown=later.countdown) from later
+
+
+@app.task(name="strata.reconcile")
+def reconcile() -> int:
+    """Beat's entry point: fan out one reconcile per enabled host, on its queue."""
+    from cloud.models import Host
+    from workers.reconcile import resend_stuck_jobs
+
+    resend_stuck_jobs()
+    hosts = list(Host.objects.exclude(status=Host.Status.DISABLED))
+    for host in hosts:
+        reconcile_host.apply_async(args=[host.pk], queue=host.queue)
+    return len(hosts)
+
+
+@app.task(name="strata.reconcile_host", autoretry_for=(ConnectionError,), retry_backoff=True)
+def reconcile_host(host_id: int) -> dict:
+    from workers.reconcile import reconcile_host as run
+
+    return run(host_id)

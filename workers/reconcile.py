@@ -1,0 +1,118 @@
+"""The reconciler: compares what the database wants with what a host has.
+
+- A VM whose domain vanished is marked ``lost`` (kept, with its history).
+- A VM that should run but whose domain is shut off is started again.
+- A domain or volume with Strata's marks and no live record is an orphan:
+  noted when first seen, removed after the grace period, audited.
+- A job whose message was lost (not updated for a long time) is sent again.
+"""
+
+import logging
+import re
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from cloud.models import Host, Job, JobState, Orphan, VirtualMachine, VMState
+from tenants.models import AuditEvent
+from workers.hypervisor import DomainState, Hypervisor, VolumeKind
+from workers.jobs import enqueue
+
+log = logging.getLogger(__name__)
+
+# Volumes and domains of a Strata VM are named after its UUID.
+VM_DOMAIN_NAME = re.compile(
+    r"strata-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
+)
+ALIVE_ON_HOST = [VMState.RUNNING, VMState.STOPPED, VMState.STOPPING, VMState.ERROR]
+
+
+def reconcile_host(host_id: int) -> dict[str, int]:
+    host = Host.objects.get(pk=host_id)
+    counts = {"lost": 0, "restarted": 0, "orphans_seen": 0, "orphans_removed": 0}
+    with Hypervisor(host.libvirt_uri, settings.STRATA_DATA_DIR, virt_type=host.virt_type) as hv:
+        domains = {d.uuid: d for d in hv.list_strata_domains()}
+        hv.ensure_storage()
+        volumes = [
+            v for v in hv.list_strata_volumes() if v.kind in (VolumeKind.DISK, VolumeKind.SEED)
+        ]
+        vms = {
+            str(vm.uuid): vm
+            for vm in VirtualMachine.objects.filter(host=host)
+            .exclude(state__in=[VMState.DELETED, VMState.SCHEDULED])
+            .select_related("environment__team")
+        }
+
+        for uuid, vm in vms.items():
+            domain = domains.get(uuid)
+            if domain is None and vm.state in ALIVE_ON_HOST:
+                vm.move_to(VMState.LOST, error="its libvirt domain has vanished")
+                AuditEvent.record("vm.lost", team=vm.environment.team, target=vm)
+                counts["lost"] += 1
+            elif domain is not None and vm.state == VMState.LOST:
+                vm.move_to(
+                    VMState.RUNNING if domain.state == DomainState.RUNNING else VMState.STOPPED
+                )
+            elif (
+                domain is not None
+                and vm.state == VMState.RUNNING
+                and domain.state in (DomainState.SHUTOFF, DomainState.CRASHED)
+            ):
+                # Restart policy for VMs: a VM that should run, runs.
+                hv.start(uuid)
+                AuditEvent.record(
+                    "vm.restarted",
+                    team=vm.environment.team,
+                    target=vm,
+                    reason=f"domain was {domain.state.value}",
+                )
+                counts["restarted"] += 1
+
+        found = {(Orphan.Kind.DOMAIN, d.name): d.uuid for u, d in domains.items() if u not in vms}
+        for volume in volumes:
+            match = VM_DOMAIN_NAME.fullmatch(volume.owner or "")
+            if match and match.group(1) not in vms:
+                found[(Orphan.Kind.VOLUME, volume.name)] = match.group(1)
+        counts["orphans_seen"] = len(found)
+        counts["orphans_removed"] = _sweep_orphans(host, hv, found)
+    return counts
+
+
+def _sweep_orphans(host: Host, hv: Hypervisor, found: dict) -> int:
+    # Whatever is no longer found was removed or claimed meanwhile.
+    known = {(o.kind, o.name): o for o in Orphan.objects.filter(host=host)}
+    for key, orphan in known.items():
+        if key not in found:
+            orphan.delete()
+    grace = timezone.now() - timedelta(seconds=settings.STRATA_ORPHAN_GRACE_SECONDS)
+    removed = 0
+    for (kind, name), uuid in found.items():
+        orphan = known.get((kind, name)) or Orphan.objects.create(host=host, kind=kind, name=name)
+        if orphan.first_seen_at > grace:
+            continue
+        # A domain and its volumes all go with the VM name they carry.
+        vm_name = name if kind == Orphan.Kind.DOMAIN else f"strata-{uuid}"
+        if VM_DOMAIN_NAME.fullmatch(vm_name):
+            hv.destroy(vm_name, uuid)
+        AuditEvent.record("orphan.removed", target=host, kind=kind, name=name)
+        log.warning("removed orphan %s %s on %s", kind, name, host.name)
+        orphan.delete()
+        removed += 1
+    return removed
+
+
+def resend_stuck_jobs() -> int:
+    """Send again the jobs whose message was lost; running a job twice is safe."""
+    cutoff = timezone.now() - timedelta(seconds=settings.STRATA_STUCK_JOB_SECONDS)
+    stuck = Job.objects.filter(
+        state__in=[JobState.QUEUED, JobState.RUNNING], updated_at__lt=cutoff, waits_for=None
+    ).exclude(children__isnull=False)
+    count = 0
+    with transaction.atomic():
+        for job in stuck.select_for_update(skip_locked=True):
+            Job.objects.filter(pk=job.pk).update(updated_at=timezone.now())
+            enqueue(job)
+            count += 1
+    return count
