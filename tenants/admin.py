@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from tenants.models import AuditEvent, Membership, Quota, Team
+from tenants.models import ApiToken, AuditEvent, Membership, Quota, Team
 
 
 class MembershipInline(admin.TabularInline):
@@ -56,3 +56,14 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "prefix", "created_at", "last_used_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["name", "user__username", "prefix"]
+    readonly_fields = ["user", "prefix", "digest", "created_at", "last_used_at"]
+
+    def has_add_permission(self, request):
+        return False  # keys are issued to users in the portal, shown to them once

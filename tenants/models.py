@@ -1,5 +1,8 @@
 """Teams, who belongs to them with which role, what they may use, and what they did."""
 
+import hashlib
+import secrets
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
@@ -131,4 +134,42 @@ class AuditEvent(models.Model):
             target_id=str(target.pk) if target is not None else "",
             target_repr=str(target)[:200] if target is not None else "",
             details=details,
+        )
+
+
+def token_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiToken(models.Model):
+    """A user's API token.  Only its digest is stored; the key is shown once."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    name = models.CharField(max_length=60)
+    prefix = models.CharField(max_length=16, help_text="the start of the key, to tell tokens apart")
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…)"
+
+    @classmethod
+    def issue(cls, user, name: str) -> tuple["ApiToken", str]:
+        key = "strata_" + secrets.token_urlsafe(32)
+        token = cls.objects.create(user=user, name=name, prefix=key[:14], digest=token_digest(key))
+        return token, key
+
+    @classmethod
+    def authenticate(cls, key: str):
+        return (
+            cls.objects.select_related("user")
+            .filter(digest=token_digest(key), revoked_at=None, user__is_active=True)
+            .first()
         )

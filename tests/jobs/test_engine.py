@@ -191,3 +191,12 @@ def test_worker_killed_mid_step_resumes_from_that_step(new_job, control, worker_
     expected = ["first", "second", "third"]
     expected.insert(expected.index(step), step)  # the interrupted step ran twice
     assert runs(control) == expected
+
+
+def test_parent_of_a_cancelled_child_is_cancelled(new_job, control):
+    parent = new_job()
+    child = new_job(parent=parent)
+    Job.objects.filter(pk=child.pk).update(cancel_requested=True)
+    jobs.run(child.id)
+    parent.refresh_from_db()
+    assert parent.state == "cancelled" and runs(control) == ["compensate"]

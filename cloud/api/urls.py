@@ -1,0 +1,23 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from . import views
+
+app_name = "api"
+
+team_router = DefaultRouter(trailing_slash=True)
+team_router.include_root_view = False
+team_router.register("environments", views.EnvironmentViewSet, basename="environment")
+team_router.register("vms", views.VirtualMachineViewSet, basename="vm")
+team_router.register("jobs", views.JobViewSet, basename="job")
+
+urlpatterns = [
+    path("v1/teams/", views.TeamList.as_view(), name="team-list"),
+    path("v1/flavors/", views.FlavorList.as_view(), name="flavor-list"),
+    path("v1/images/", views.ImageList.as_view(), name="image-list"),
+    path("v1/teams/<str:team>/audit/", views.AuditEventList.as_view(), name="audit-list"),
+    path("v1/teams/<str:team>/", include(team_router.urls)),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api:schema"), name="docs"),
+]

@@ -1,0 +1,154 @@
+"""REST API v1.  Every team-owned query goes through ``for_team``; every
+change goes through a service, which checks the role and validates."""
+
+from django.db.models import Count, Prefetch
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+
+from cloud.models import Environment, Flavor, Image, Job, VirtualMachine
+from cloud.services import environments, jobs
+from cloud.services.access import require_read
+from tenants.models import AuditEvent, Membership, Team
+
+from . import filters, serializers
+
+
+class TeamScopedMixin:
+    """The team named in the URL, only if the caller belongs to it (else 404)."""
+
+    def scoped(self, model):
+        """``model``'s rows of the URL's team (none while the schema is generated)."""
+        if getattr(self, "swagger_fake_view", False):
+            return model.objects.none()
+        return model.objects.for_team(self.get_team())
+
+    def get_team(self) -> Team:
+        if not hasattr(self, "_team"):
+            team = get_object_or_404(Team, name=self.kwargs["team"])
+            require_read(self.request.user, team)
+            self._team = team
+        return self._team
+
+
+def job_accepted(request, job) -> Response:
+    """202 with the job that does the work, also in the Location header."""
+    body = serializers.JobSerializer(job, context={"request": request}).data
+    return Response(body, status=status.HTTP_202_ACCEPTED, headers={"Location": body["url"]})
+
+
+class TeamList(generics.ListAPIView):
+    serializer_class = serializers.TeamSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return Team.objects.none()
+        return Team.objects.filter(membership__user=self.request.user).order_by("name")
+
+    def get_serializer_context(self):
+        roles = dict(Membership.objects.filter(user=self.request.user).values_list("team", "role"))
+        return {**super().get_serializer_context(), "roles": roles}
+
+
+class FlavorList(generics.ListAPIView):
+    serializer_class = serializers.FlavorSerializer
+    queryset = Flavor.objects.all()
+
+
+class ImageList(generics.ListAPIView):
+    serializer_class = serializers.ImageSerializer
+    queryset = Image.objects.all()
+
+
+class EnvironmentViewSet(
+    TeamScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = serializers.EnvironmentSerializer
+    filterset_class = filters.EnvironmentFilter
+
+    def get_queryset(self):
+        return (
+            self.scoped(Environment)
+            .select_related("team", "lock_job")
+            .prefetch_related(
+                Prefetch("vms", queryset=VirtualMachine.objects.only("state", "environment"))
+            )
+            .annotate(vm_count=Count("vms"))
+            .order_by("kind", "name")
+        )
+
+    @extend_schema(
+        request=serializers.EnvironmentCreateSerializer, responses={202: serializers.JobSerializer}
+    )
+    def create(self, request, team):
+        params = serializers.EnvironmentCreateSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        job = environments.create_environment(
+            user=request.user, team=self.get_team(), **params.validated_data
+        )
+        return job_accepted(request, job)
+
+    @extend_schema(responses={202: serializers.JobSerializer})
+    def destroy(self, request, team, pk):
+        queue = request.query_params.get("queue_if_busy") in {"1", "true"}
+        job = environments.destroy_environment(
+            user=request.user, team=self.get_team(), env_id=pk, queue_if_busy=queue
+        )
+        return job_accepted(request, job)
+
+
+class VirtualMachineViewSet(
+    TeamScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = serializers.VirtualMachineSerializer
+    filterset_class = filters.VirtualMachineFilter
+
+    def get_queryset(self):
+        return (
+            self.scoped(VirtualMachine)
+            .select_related("environment__team", "host", "flavor", "image")
+            .order_by("environment__name", "name")
+        )
+
+    @extend_schema(
+        request=serializers.VMActionSerializer, responses={202: serializers.JobSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def actions(self, request, team, pk):
+        params = serializers.VMActionSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        job = environments.vm_action(
+            user=request.user, team=self.get_team(), vm_id=pk, **params.validated_data
+        )
+        return job_accepted(request, job)
+
+
+class JobViewSet(
+    TeamScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    serializer_class = serializers.JobSerializer
+    filterset_class = filters.JobFilter
+
+    def get_queryset(self):
+        return (
+            self.scoped(Job)
+            .select_related("team", "environment", "requested_by")
+            .prefetch_related("steps", "children__team")
+            .order_by("-created_at")
+        )
+
+    @extend_schema(request=None, responses={200: serializers.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, team, pk):
+        job = jobs.cancel_job(user=request.user, team=self.get_team(), job_id=pk)
+        return Response(self.get_serializer(job).data)
+
+
+class AuditEventList(TeamScopedMixin, generics.ListAPIView):
+    serializer_class = serializers.AuditEventSerializer
+    filterset_class = filters.AuditEventFilter
+
+    def get_queryset(self):
+        return self.scoped(AuditEvent).select_related("actor")
