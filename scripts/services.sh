@@ -18,7 +18,11 @@ wait_for() {  # wait_for DESCRIPTION COMMAND...
 start_redis() {
   redis-cli -h 127.0.0.1 ping >/dev/null 2>&1 && return 0
   if has_systemd; then systemctl start redis-server
-  else redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --logfile "$log_dir/redis.log"; fi
+  else
+    mkdir -p /var/lib/redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --dir /var/lib/redis \
+      --logfile "$log_dir/redis.log"
+  fi
   wait_for redis redis-cli -h 127.0.0.1 ping
 }
 

@@ -212,11 +212,13 @@ def _child_finished(parent_id) -> None:
     children = list(parent.children.all())
     if parent.is_finished or not all(c.is_finished for c in children):
         return
-    failed = [c for c in children if c.state != JobState.SUCCEEDED]
+    failed = [c for c in children if c.state == JobState.FAILED]
     if parent.state == JobState.QUEUED:
         parent.move_to(JobState.RUNNING)
     if failed:
         finish(parent, JobState.FAILED, "; ".join(f"{c.kind}: {c.error}" for c in failed))
+    elif any(c.state == JobState.CANCELLED for c in children):
+        finish(parent, JobState.CANCELLED, "cancelled by request")
     else:
         finish(parent, JobState.SUCCEEDED)
 
