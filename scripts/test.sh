@@ -13,6 +13,8 @@ fi
 export DATABASE_URL=${DATABASE_URL:-postgres://$pg_user:$pg_password@127.0.0.1:5432/strata}
 # VMs in tests run under TCG unless told otherwise: KVM is not usable on every CI machine.
 export STRATA_VIRT_TYPE=${STRATA_VIRT_TYPE:-qemu}
+# Live-server tests speak plain HTTP on loopback.
+export STRATA_HTTPS=false
 
 .venv/bin/ruff check .
 exec .venv/bin/pytest "$@"

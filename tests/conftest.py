@@ -19,7 +19,10 @@ def make_team(django_user_model):
 
 @pytest.fixture(autouse=True)
 def plain_http(settings):
-    """The test client speaks plain HTTP; production redirects it to HTTPS."""
+    """The test client speaks plain HTTP; production redirects it to HTTPS.
+
+    (scripts/test.sh also sets STRATA_HTTPS=false, for the live server, whose
+    middleware reads the setting once at start.)"""
     settings.SECURE_SSL_REDIRECT = False
 
 

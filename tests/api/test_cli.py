@@ -1,0 +1,80 @@
+"""The ``strata`` command against a live server."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cloud.models import Job
+from tenants.models import ApiToken
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
+
+
+@pytest.fixture
+def strata(live_server, make_team, catalogue):
+    team, user = make_team("alpha")
+    _, key = ApiToken.issue(user, "cli")
+
+    def run(*args, token=key):
+        env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": token}
+        env.pop("STRATA_TEAM", None)
+        return subprocess.run(
+            [sys.executable, "-m", "cloud.cli", "--interval", "0.1", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    return run
+
+
+def test_env_create_list_show_and_jobs(strata):
+    created = strata("env", "create", "web", "--kind", "dev", "--vms", "2")
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.startswith("job ") and "queued" in created.stdout
+    listing = strata("env", "list")
+    assert "web" in listing.stdout and "scheduled:2" in listing.stdout and "yes" in listing.stdout
+    shown = strata("env", "show", "web")
+    assert "web-1" in shown.stdout and "web-2" in shown.stdout
+    jobs = strata("jobs", "list")
+    assert "create_environment" in jobs.stdout
+
+
+def test_watch_exits_by_the_jobs_outcome(strata):
+    strata("env", "create", "web", "--kind", "dev")
+    parent = Job.objects.get(kind="create_environment")
+    child = parent.children.get()
+    for job in (child, parent):
+        Job.objects.filter(pk=job.pk).update(state="succeeded", progress=100)
+    ok = strata("jobs", "watch", str(parent.pk))
+    assert ok.returncode == 0 and "100% succeeded" in ok.stdout
+    Job.objects.filter(pk=parent.pk).update(state="failed", error="disk full")
+    failed = strata("jobs", "watch", str(parent.pk))
+    assert failed.returncode == 1 and "job failed: disk full" in failed.stdout
+
+
+def test_errors_name_the_field_and_exit_2(strata):
+    bad = strata("env", "create", "../etc", "--kind", "dev")
+    assert bad.returncode == 2 and "400: name:" in bad.stderr
+    unknown = strata("env", "destroy", "nope", "--yes")
+    assert unknown.returncode == 2 and "no environment named 'nope'" in unknown.stderr
+    strata("env", "create", "web", "--kind", "dev")
+    unconfirmed = strata("env", "destroy", "web")
+    assert unconfirmed.returncode == 2 and "--yes" in unconfirmed.stderr
+    denied = strata("env", "list", token="strata_wrong")
+    assert denied.returncode == 2 and "401" in denied.stderr
+
+
+def test_missing_settings_are_explained():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cloud.cli", "env", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2 and "STRATA_URL" in result.stderr
