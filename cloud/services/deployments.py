@@ -1,0 +1,352 @@
+"""Releases of a team's services: deploy, promote, scale, roll back.
+
+A deploy writes the service's desired spec, freezes it into a new immutable
+Release, and starts one job per VM that rolls the release out there (ship
+image, start, health-check, switch, stop old, prune).  Promote deploys the
+exact release of one environment (same image digest, same spec) to the next
+kind; rollback deploys the release before the current one.
+"""
+
+import re
+
+from django.db import transaction
+from django.db.models import Max
+
+from cloud.models import (
+    Deployment,
+    DeploymentState,
+    Environment,
+    Job,
+    Release,
+    Service,
+    VirtualMachine,
+    VMState,
+)
+from tenants.models import AuditEvent, slug_name
+from workers import jobs
+from workers.remote import InvalidSpec, spread_replicas
+
+from .access import require_act
+from .environments import _take_lock, get_environment
+from .errors import NotFound, ValidationError
+
+IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+NEXT_KIND = {"dev": "staging", "staging": "prod"}
+MAX_PORTS = 10
+HEALTH_KINDS = ("http", "tcp", "command")
+
+# The parts of a service that a release freezes (replicas are not: scaling
+# runs the same release on more or fewer containers).
+SPEC_FIELDS = (
+    "image",
+    "command",
+    "env",
+    "ports",
+    "volumes",
+    "cpu_limit",
+    "memory_limit_mb",
+    "restart_policy",
+    "healthcheck",
+)
+
+
+def _port(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
+
+
+def _number(value, low, high) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+
+def validate_spec(spec: dict) -> dict:
+    """The service spec, checked field by field; ValidationError names each bad field."""
+    errors: dict[str, list[str]] = {}
+
+    def bad(field, message):
+        errors.setdefault(field, []).append(message)
+
+    image = spec.get("image")
+    if not isinstance(image, str) or not IMAGE_REFERENCE.match(image):
+        bad("image", "must be an image reference like name:tag (lowercase, no spaces)")
+    command = spec.get("command", [])
+    if not isinstance(command, list) or not all(
+        isinstance(a, str) and "\0" not in a for a in command
+    ):
+        bad("command", "must be a list of strings")
+    env = spec.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) and "\0" not in v
+        for k, v in env.items()
+    ):
+        bad("env", "must map NAMES (letters, digits, _) to string values")
+    ports = spec.get("ports", [])
+    if not isinstance(ports, list) or len(ports) > MAX_PORTS or not all(_port(p) for p in ports):
+        bad("ports", f"must be a list of at most {MAX_PORTS} TCP ports (1-65535)")
+    elif len(set(ports)) != len(ports):
+        bad("ports", "must not repeat a port")
+    if spec.get("volumes", []) != []:
+        bad("volumes", "named volumes are not supported yet")
+    if not _number(spec.get("cpu_limit", 1.0), 0.01, 64):
+        bad("cpu_limit", "must be a number of CPUs from 0.01 to 64")
+    if (
+        not isinstance(spec.get("memory_limit_mb", 256), int)
+        or not 6 <= spec.get("memory_limit_mb", 256) <= 65536
+    ):
+        bad("memory_limit_mb", "must be a whole number of MiB from 6 to 65536")
+    if spec.get("restart_policy", "unless-stopped") not in Service.RestartPolicy.values:
+        bad("restart_policy", f"must be one of {', '.join(Service.RestartPolicy.values)}")
+    health = spec.get("healthcheck") or {}
+    if not isinstance(health, dict) or (health and health.get("type") not in HEALTH_KINDS):
+        bad("healthcheck", f"type must be one of {', '.join(HEALTH_KINDS)}")
+    elif health:
+        if health["type"] in ("http", "tcp") and not _port(health.get("port")):
+            bad("healthcheck", "port must be a TCP port")
+        if health["type"] == "http" and not re.match(
+            r"^/[\x21-\x7e]{0,200}$", str(health.get("path", ""))
+        ):
+            bad("healthcheck", "path must start with / and hold no spaces")
+        if health["type"] == "command" and not (
+            isinstance(health.get("command"), list)
+            and health["command"]
+            and all(isinstance(a, str) for a in health["command"])
+        ):
+            bad("healthcheck", "command must be a non-empty list of strings")
+        for key, low, high in (("interval", 0.1, 60), ("timeout", 0.1, 60), ("retries", 1, 300)):
+            if key in health and not _number(health[key], low, high):
+                bad("healthcheck", f"{key} must be from {low} to {high}")
+    if errors:
+        raise ValidationError(errors)
+    return {
+        "image": image,
+        "command": command,
+        "env": env,
+        "ports": ports,
+        "volumes": [],
+        "cpu_limit": float(spec.get("cpu_limit", 1.0)),
+        "memory_limit_mb": spec.get("memory_limit_mb", 256),
+        "restart_policy": spec.get("restart_policy", "unless-stopped"),
+        "healthcheck": health,
+    }
+
+
+def _validate_replicas(replicas) -> int:
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 100:
+        raise ValidationError({"replicas": ["must be a whole number from 0 to 100"]})
+    return replicas
+
+
+def _running_vms(env: Environment) -> list[VirtualMachine]:
+    vms = list(
+        VirtualMachine.objects.filter(environment=env, state=VMState.RUNNING)
+        .select_related("host")
+        .order_by("name")
+    )
+    if not vms:
+        raise ValidationError({"environment": [f"{env.name} has no running VM to deploy to"]})
+    return vms
+
+
+def _get_service(env: Environment, name: str) -> Service:
+    service = Service.objects.filter(environment=env, name=name).first()
+    if service is None:
+        raise NotFound(f"no service named {name!r} in {env.name}")
+    return service
+
+
+def _current_release(service: Service) -> Release | None:
+    deployment = (
+        Deployment.objects.filter(release__service=service, state=DeploymentState.SUCCEEDED)
+        .select_related("release")
+        .order_by("-created_at")
+        .first()
+    )
+    return deployment.release if deployment else None
+
+
+def _roll_out(
+    user, env: Environment, release: Release, replicas: int, kind: str, queue_if_busy: bool
+) -> Job:
+    """The Deployment and its jobs: a parent, and a child per VM with its share."""
+    vms = _running_vms(env)
+    try:
+        shares = spread_replicas(
+            replicas,
+            [str(vm.pk) for vm in vms],
+            max_per_target=1 if release.spec["ports"] else None,
+        )
+    except InvalidSpec as exc:
+        raise ValidationError({"replicas": [str(exc)]}) from exc
+    deployment = Deployment.objects.create(environment=env, release=release)
+    parent = jobs.create_job(
+        team=env.team,
+        kind="deploy",
+        requested_by=user,
+        environment=env,
+        params={
+            "deployment": deployment.pk,
+            "service": release.service.name,
+            "release": release.version,
+            "replicas": replicas,
+            "operation": kind,
+        },
+    )
+    for vm in vms:
+        jobs.create_job(
+            team=env.team,
+            kind="deploy_vm",
+            requested_by=user,
+            parent=parent,
+            environment=env,
+            vm=vm,
+            queue=vm.host.queue,
+            params={"deployment": deployment.pk, "replicas": shares[str(vm.pk)]},
+        )
+    if _take_lock(env, parent, queue_if_busy):
+        jobs.start(parent)
+    return parent
+
+
+def _new_release(service: Service, spec: dict, user, *, digest="", promoted_from=None) -> Release:
+    version = (service.releases.aggregate(v=Max("version"))["v"] or 0) + 1
+    return Release.objects.create(
+        service=service,
+        version=version,
+        spec=spec,
+        image_digest=digest,
+        promoted_from=promoted_from,
+        created_by=user,
+    )
+
+
+def deploy(*, user, team, env_id, service_name, replicas=1, queue_if_busy=False, **spec) -> Job:
+    env = get_environment(user, team, env_id)
+    require_act(user, team, env.kind)
+    try:
+        slug_name(service_name if isinstance(service_name, str) else "")
+    except ValidationError as exc:
+        raise ValidationError({"service_name": exc.messages}) from exc
+    clean = validate_spec(spec)
+    replicas = _validate_replicas(replicas)
+    with transaction.atomic():
+        service, _ = Service.objects.update_or_create(
+            environment=env, name=service_name, defaults={**clean, "replicas": replicas}
+        )
+        release = _new_release(service, clean, user)
+        job = _roll_out(user, env, release, replicas, "deploy", queue_if_busy)
+        AuditEvent.record(
+            "service.deploy",
+            team=team,
+            actor=user,
+            target=service,
+            release=release.version,
+            image=clean["image"],
+            replicas=replicas,
+        )
+    return job
+
+
+def promote(*, user, team, env_id, service_name, target_env=None, queue_if_busy=False) -> Job:
+    """Deploy the release running in ``env`` (same digest and spec) to the next kind."""
+    source = get_environment(user, team, env_id)
+    if source.kind not in NEXT_KIND:
+        raise ValidationError({"environment": ["prod is the last stage; nothing to promote to"]})
+    next_kind = NEXT_KIND[source.kind]
+    candidates = Environment.objects.for_team(team).filter(kind=next_kind)
+    if target_env is not None:
+        candidates = candidates.filter(name=target_env)
+    targets = list(candidates[:2])
+    if len(targets) != 1:
+        raise ValidationError(
+            {
+                "target_env": [
+                    f"name one {next_kind} environment to promote to"
+                    if targets
+                    else f"the team has no {next_kind} environment named so"
+                ]
+            }
+        )
+    target = targets[0]
+    require_act(user, team, target.kind)
+    service = _get_service(source, service_name)
+    release = _current_release(service)
+    if release is None or not release.image_digest:
+        raise ValidationError(
+            {"service_name": [f"{service_name} has no successful release in {source.name}"]}
+        )
+    with transaction.atomic():
+        target_service, _ = Service.objects.update_or_create(
+            environment=target,
+            name=service_name,
+            defaults={**release.spec, "replicas": service.replicas},
+        )
+        promoted = _new_release(
+            target_service, release.spec, user, digest=release.image_digest, promoted_from=release
+        )
+        job = _roll_out(user, target, promoted, service.replicas, "promote", queue_if_busy)
+        AuditEvent.record(
+            "service.promote",
+            team=team,
+            actor=user,
+            target=target_service,
+            source=str(source),
+            release=promoted.version,
+            digest=release.image_digest,
+        )
+    return job
+
+
+def scale(*, user, team, env_id, service_name, replicas, queue_if_busy=False) -> Job:
+    env = get_environment(user, team, env_id)
+    require_act(user, team, env.kind)
+    replicas = _validate_replicas(replicas)
+    service = _get_service(env, service_name)
+    release = _current_release(service)
+    if release is None:
+        raise ValidationError(
+            {"service_name": [f"{service_name} has no successful release to scale"]}
+        )
+    with transaction.atomic():
+        Service.objects.filter(pk=service.pk).update(replicas=replicas)
+        job = _roll_out(user, env, release, replicas, "scale", queue_if_busy)
+        AuditEvent.record(
+            "service.scale",
+            team=team,
+            actor=user,
+            target=service,
+            replicas=replicas,
+            release=release.version,
+        )
+    return job
+
+
+def rollback(*, user, team, env_id, service_name, queue_if_busy=False) -> Job:
+    """Deploy again the release that ran before the current one."""
+    env = get_environment(user, team, env_id)
+    require_act(user, team, env.kind)
+    service = _get_service(env, service_name)
+    current = _current_release(service)
+    previous = (
+        Release.objects.filter(
+            service=service,
+            deployments__state__in=[DeploymentState.SUCCEEDED, DeploymentState.SUPERSEDED],
+        )
+        .exclude(pk=getattr(current, "pk", None))
+        .order_by("-version")
+        .first()
+    )
+    if previous is None:
+        raise ValidationError(
+            {"service_name": [f"{service_name} has no earlier release to go back to"]}
+        )
+    with transaction.atomic():
+        job = _roll_out(user, env, previous, service.replicas, "rollback", queue_if_busy)
+        AuditEvent.record(
+            "service.rollback",
+            team=team,
+            actor=user,
+            target=service,
+            release=previous.version,
+            from_release=getattr(current, "version", None),
+        )
+    return job
