@@ -1,7 +1,7 @@
 from django.urls import reverse
 from rest_framework import serializers
 
-from cloud.models import Environment, Flavor, Image, Job, JobStep, VirtualMachine
+from cloud.models import Environment, Flavor, Image, Job, JobStep, Service, VirtualMachine
 from tenants.models import AuditEvent, Team
 
 
@@ -161,4 +161,85 @@ class AuditEventSerializer(serializers.ModelSerializer):
             "target_id",
             "target_repr",
             "details",
+        ]
+
+
+class DeploySerializer(serializers.Serializer):
+    """Shapes only: deployments.validate_spec checks the values, naming the field."""
+
+    service_name = serializers.CharField(max_length=200)
+    image = serializers.CharField(max_length=300)
+    replicas = serializers.IntegerField(default=1, min_value=-(2**31), max_value=2**31)
+    command = serializers.JSONField(default=list)
+    env = serializers.JSONField(default=dict)
+    ports = serializers.JSONField(default=list)
+    cpu_limit = serializers.FloatField(default=1.0)
+    memory_limit_mb = serializers.IntegerField(default=256, min_value=-(2**31), max_value=2**31)
+    restart_policy = serializers.CharField(default="unless-stopped", max_length=40)
+    healthcheck = serializers.JSONField(default=dict)
+    queue_if_busy = serializers.BooleanField(default=False)
+
+
+class PromoteSerializer(serializers.Serializer):
+    service_name = serializers.CharField(max_length=200)
+    target_env = serializers.CharField(max_length=200, required=False)
+    queue_if_busy = serializers.BooleanField(default=False)
+
+
+class ScaleSerializer(serializers.Serializer):
+    service_name = serializers.CharField(max_length=200)
+    replicas = serializers.IntegerField(min_value=-(2**31), max_value=2**31)
+    queue_if_busy = serializers.BooleanField(default=False)
+
+
+class RollbackSerializer(serializers.Serializer):
+    service_name = serializers.CharField(max_length=200)
+    queue_if_busy = serializers.BooleanField(default=False)
+
+
+class ContainerSerializer(serializers.Serializer):
+    vm = serializers.CharField(source="vm.name")
+    name = serializers.CharField()
+    release = serializers.IntegerField(source="release.version")
+    state = serializers.CharField()
+    health = serializers.CharField()
+
+
+class ServiceSerializer(serializers.ModelSerializer):
+    current_release = serializers.SerializerMethodField()
+    containers = ContainerSerializer(many=True, read_only=True)
+    published = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Service
+        fields = [
+            "name",
+            "image",
+            "replicas",
+            "ports",
+            "current_release",
+            "published",
+            "containers",
+        ]
+
+    def get_current_release(self, service) -> dict | None:
+        deployment = next(
+            (d for d in self.context["deployments"] if d.release.service_id == service.pk), None
+        )
+        if deployment is None:
+            return None
+        release = deployment.release
+        return {
+            "version": release.version,
+            "image": release.spec["image"],
+            "digest": release.image_digest,
+            "deployed_at": deployment.updated_at,
+        }
+
+    def get_published(self, service) -> list[str]:
+        """Where each published port answers on the host (user-mode networking)."""
+        return [
+            f"127.0.0.1:{f.host_port} -> {f.vm.name}:{f.guest_port}"
+            for f in self.context["forwards"]
+            if f.guest_port in service.ports
         ]

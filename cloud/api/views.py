@@ -8,8 +8,19 @@ from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from cloud.models import Environment, Flavor, Image, Job, VirtualMachine
-from cloud.services import environments, jobs
+from cloud.models import (
+    Container,
+    Deployment,
+    DeploymentState,
+    Environment,
+    Flavor,
+    Image,
+    Job,
+    PortForward,
+    Service,
+    VirtualMachine,
+)
+from cloud.services import deployments, environments, jobs
 from cloud.services.access import require_read
 from tenants.models import AuditEvent, Membership, Team
 
@@ -97,6 +108,52 @@ class EnvironmentViewSet(
             user=request.user, team=self.get_team(), env_id=pk, queue_if_busy=queue
         )
         return job_accepted(request, job)
+
+    def _operation(self, request, pk, serializer_class, operation):
+        params = serializer_class(data=request.data)
+        params.is_valid(raise_exception=True)
+        job = operation(user=request.user, team=self.get_team(), env_id=pk, **params.validated_data)
+        return job_accepted(request, job)
+
+    @extend_schema(request=serializers.DeploySerializer, responses={202: serializers.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def deploy(self, request, team, pk):
+        return self._operation(request, pk, serializers.DeploySerializer, deployments.deploy)
+
+    @extend_schema(
+        request=serializers.PromoteSerializer, responses={202: serializers.JobSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def promote(self, request, team, pk):
+        return self._operation(request, pk, serializers.PromoteSerializer, deployments.promote)
+
+    @extend_schema(request=serializers.ScaleSerializer, responses={202: serializers.JobSerializer})
+    @action(detail=True, methods=["post"])
+    def scale(self, request, team, pk):
+        return self._operation(request, pk, serializers.ScaleSerializer, deployments.scale)
+
+    @extend_schema(
+        request=serializers.RollbackSerializer, responses={202: serializers.JobSerializer}
+    )
+    @action(detail=True, methods=["post"])
+    def rollback(self, request, team, pk):
+        return self._operation(request, pk, serializers.RollbackSerializer, deployments.rollback)
+
+    @extend_schema(responses={200: serializers.ServiceSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def services(self, request, team, pk):
+        env = self.get_object()
+        services = Service.objects.filter(environment=env).prefetch_related(
+            Prefetch("containers", queryset=Container.objects.select_related("vm", "release"))
+        )
+        context = {
+            "request": request,
+            "deployments": Deployment.objects.filter(
+                environment=env, state=DeploymentState.SUCCEEDED
+            ).select_related("release"),
+            "forwards": PortForward.objects.filter(vm__environment=env).select_related("vm"),
+        }
+        return Response(serializers.ServiceSerializer(services, many=True, context=context).data)
 
 
 class VirtualMachineViewSet(

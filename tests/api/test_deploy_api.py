@@ -1,0 +1,67 @@
+import pytest
+
+from cloud.models import Environment, Flavor, Image, Job, Service, VirtualMachine
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def dev(make_team, catalogue, api_as):
+    team, user = make_team("alpha")
+    env = Environment.objects.create(team=team, name="dev", kind="dev")
+    VirtualMachine.objects.create(
+        environment=env,
+        name="dev-1",
+        host=catalogue,
+        state="running",
+        flavor=Flavor.objects.get(),
+        image=Image.objects.get(),
+    )
+    return api_as(user), f"/api/v1/teams/alpha/environments/{env.pk}/"
+
+
+def test_deploy_answers_202_and_services_lists_it(dev):
+    client, url = dev
+    body = {
+        "service_name": "web",
+        "image": "web:1",
+        "ports": [8080],
+        "healthcheck": {"type": "http", "path": "/", "port": 8080},
+    }
+    response = client.post(url + "deploy/", body, format="json")
+    assert response.status_code == 202, response.content
+    assert response.json()["kind"] == "deploy"
+    services = client.get(url + "services/").json()
+    assert services[0]["name"] == "web" and services[0]["current_release"] is None
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("image", "x y"),
+        ("ports", [99999]),
+        ("env", {"1X": "a"}),
+        ("replicas", -5),
+        ("service_name", "../../x"),
+        ("healthcheck", {"type": "exec"}),
+    ],
+)
+def test_hostile_deploys_are_400_naming_the_field(dev, field, value):
+    client, url = dev
+    body = {"service_name": "web", "image": "web:1", field: value}
+    response = client.post(url + "deploy/", body, format="json")
+    assert response.status_code == 400 and field in response.json()
+    assert not Service.objects.exists() and not Job.objects.exists()
+
+
+def test_scale_promote_rollback_without_a_release_are_400(dev):
+    client, url = dev
+    client.post(url + "deploy/", {"service_name": "web", "image": "web:1"}, format="json")
+    Job.objects.update(state="succeeded")  # the environment is free again
+    for action, body in [
+        ("scale", {"service_name": "web", "replicas": 2}),
+        ("promote", {"service_name": "web"}),
+    ]:
+        response = client.post(url + action + "/", body, format="json")
+        assert response.status_code == 400, (action, response.content)
+    assert client.post(url + "rollback/", {"service_name": "web"}, format="json").status_code == 404
