@@ -61,7 +61,9 @@ def test_scale_promote_rollback_without_a_release_are_400(dev):
     for action, body in [
         ("scale", {"service_name": "web", "replicas": 2}),
         ("promote", {"service_name": "web"}),
+        ("rollback", {"service_name": "web"}),
     ]:
         response = client.post(url + action + "/", body, format="json")
         assert response.status_code == 400, (action, response.content)
-    assert client.post(url + "rollback/", {"service_name": "web"}, format="json").status_code == 404
+    unknown = client.post(url + "rollback/", {"service_name": "nope"}, format="json")
+    assert unknown.status_code == 404
