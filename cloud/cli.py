@@ -155,6 +155,56 @@ def cmd_env_destroy(client, args):
     return job_started(client, client.request("DELETE", env["url"]), args)
 
 
+def parse_health(text: str | None) -> dict:
+    """``http:/path:PORT``, ``tcp:PORT`` or ``cmd:ARG,ARG`` as the API's healthcheck."""
+    if not text:
+        return {}
+    kind, _, rest = text.partition(":")
+    if kind == "http":
+        path, _, port = rest.rpartition(":")
+        return {"type": "http", "path": path or "/", "port": int(port) if port.isdigit() else port}
+    if kind == "tcp":
+        return {"type": "tcp", "port": int(rest) if rest.isdigit() else rest}
+    if kind == "cmd":
+        return {"type": "command", "command": rest.split(",")}
+    raise ApiError("--health must be http:/path:PORT, tcp:PORT or cmd:ARG,ARG")
+
+
+def env_operation(client, args, operation: str, body: dict) -> int:
+    env = client.find_environment(args.env)
+    return job_started(client, client.request("POST", f"{env['url']}{operation}/", json=body), args)
+
+
+def cmd_deploy(client, args):
+    env_vars = dict(item.partition("=")[::2] for item in args.env_var)
+    body = {
+        "service_name": args.service,
+        "image": args.image,
+        "replicas": args.replicas,
+        "ports": args.port,
+        "env": env_vars,
+        "healthcheck": parse_health(args.health),
+    }
+    if args.command:
+        body["command"] = args.command
+    return env_operation(client, args, "deploy", body)
+
+
+def cmd_promote(client, args):
+    body = {"service_name": args.service, **({"target_env": args.to} if args.to else {})}
+    return env_operation(client, args, "promote", body)
+
+
+def cmd_scale(client, args):
+    return env_operation(
+        client, args, "scale", {"service_name": args.service, "replicas": args.replicas}
+    )
+
+
+def cmd_rollback(client, args):
+    return env_operation(client, args, "rollback", {"service_name": args.service})
+
+
 def cmd_jobs_list(client, args):
     params = {k: v for k, v in {"state": args.state, "top_level": "true"}.items() if v}
     jobs = client.request("GET", client.team_path("jobs/"), params=params)["results"]
@@ -196,6 +246,33 @@ def parser() -> argparse.ArgumentParser:
     destroy.add_argument("--yes", action="store_true")
     destroy.add_argument("--wait", action="store_true")
     destroy.set_defaults(run=cmd_env_destroy)
+
+    deploy = groups.add_parser("deploy", help="deploy a release of a service")
+    deploy.add_argument("env")
+    deploy.add_argument("service")
+    deploy.add_argument("image")
+    deploy.add_argument("--replicas", type=int, default=1)
+    deploy.add_argument("--port", type=int, action="append", default=[], help="publish a port")
+    deploy.add_argument("--env", dest="env_var", action="append", default=[], metavar="NAME=VALUE")
+    deploy.add_argument("--health", help="http:/path:PORT, tcp:PORT or cmd:ARG,ARG")
+    deploy.add_argument("--command", nargs="+", help="the container's command")
+    deploy.set_defaults(run=cmd_deploy)
+    promote = groups.add_parser("promote", help="deploy the same release to the next stage")
+    promote.add_argument("env")
+    promote.add_argument("service")
+    promote.add_argument("--to", help="the target environment, if the next stage has several")
+    promote.set_defaults(run=cmd_promote)
+    scale = groups.add_parser("scale", help="change the number of replicas")
+    scale.add_argument("env")
+    scale.add_argument("service")
+    scale.add_argument("replicas", type=int)
+    scale.set_defaults(run=cmd_scale)
+    rollback = groups.add_parser("rollback", help="go back to the previous release")
+    rollback.add_argument("env")
+    rollback.add_argument("service")
+    rollback.set_defaults(run=cmd_rollback)
+    for operation in (deploy, promote, scale, rollback):
+        operation.add_argument("--wait", action="store_true", help="watch the job until it ends")
 
     jobs = groups.add_parser("jobs", help="jobs").add_subparsers(dest="command", required=True)
     jobs_list = jobs.add_parser("list")

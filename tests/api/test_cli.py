@@ -78,3 +78,35 @@ def test_missing_settings_are_explained():
         timeout=60,
     )
     assert result.returncode == 2 and "STRATA_URL" in result.stderr
+
+
+def test_deploy_scale_and_bad_health(strata):
+    from cloud.models import Environment, Flavor, Image, VirtualMachine
+
+    strata("env", "create", "web", "--kind", "dev")
+    env = Environment.objects.get(name="web")
+    Job.objects.update(state="succeeded")
+    VirtualMachine.objects.filter(environment=env).update(state="running")
+    deployed = strata(
+        "deploy",
+        "web",
+        "site",
+        "site:1",
+        "--port",
+        "8080",
+        "--health",
+        "http:/healthz:8080",
+        "--env",
+        "MODE=prod",
+    )
+    assert deployed.returncode == 0, deployed.stderr
+    from cloud.models import Release
+
+    spec = Release.objects.get().spec
+    assert spec["healthcheck"] == {"type": "http", "path": "/healthz", "port": 8080}
+    assert spec["env"] == {"MODE": "prod"} and spec["ports"] == [8080]
+    bad = strata("deploy", "web", "site", "site:2", "--health", "smoke-signals")
+    assert bad.returncode == 2 and "--health" in bad.stderr
+    premature = strata("scale", "web", "site", "3")
+    assert premature.returncode == 2 and "no successful release" in premature.stderr
+    assert Flavor.objects.exists() and Image.objects.exists()
