@@ -1,0 +1,100 @@
+"""Fixtures for the remote driver tests: real sshd and dockerd (see servers.py)."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+
+from workers.remote import SSHConnection
+from workers.remote.services import LABEL_SERVICE_ID
+
+from .servers import (
+    HOST_DOCKER_SOCKET,
+    Dockerd,
+    KeyPair,
+    Sshd,
+    build_web_images,
+    missing_tools,
+    new_ed25519_key,
+    remove_web_images,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def pytest_collection_modifyitems(items):
+    reason = missing_tools()
+    if reason:
+        for item in items:
+            if "tests/remote" in str(item.fspath):
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def manager_key() -> KeyPair:
+    return new_ed25519_key()
+
+
+@pytest.fixture(scope="session")
+def host_key() -> KeyPair:
+    return new_ed25519_key()
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory, host_key, manager_key):
+    """sshd in front of the host's own dockerd."""
+    server = Sshd(tmp_path_factory.mktemp("sshd"), host_key, manager_key)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def second_dockerd():
+    daemon = Dockerd()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def sshd_second(tmp_path_factory, host_key, manager_key, second_dockerd):
+    """sshd whose sessions talk to the second dockerd."""
+    server = Sshd(tmp_path_factory.mktemp("sshd2"), host_key, manager_key,
+                  docker_host=second_dockerd.url)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def connection(sshd, manager_key):
+    conn = SSHConnection(sshd.endpoint(), manager_key.pkey, connect_timeout=5,
+                         command_timeout=30)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def local_engine():
+    client = docker.DockerClient(base_url=f"unix://{HOST_DOCKER_SOCKET}", version="1.41")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def web_images(local_engine):
+    """Tags of two busybox httpd images on the host engine; v2 = v1 + one small layer."""
+    tags = build_web_images(local_engine)
+    yield tags
+    remove_web_images(local_engine, tags)
+
+
+def remove_strata_containers(engine):
+    for container in engine.containers.list(all=True, filters={"label": LABEL_SERVICE_ID}):
+        container.remove(force=True)
+
+
+@pytest.fixture
+def clean_host_engine(local_engine):
+    """Removes every Strata-labelled container from the host engine, even on failure."""
+    remove_strata_containers(local_engine)
+    yield local_engine
+    remove_strata_containers(local_engine)
