@@ -22,24 +22,14 @@ from cloud.models import (
 )
 from workers.hypervisor import find_free_loopback_ports
 from workers.jobs import Plan, Step, StepContext, UserError, register
-from workers.keys import manager_keypair
 from workers.remote import (
-    ConnectionPool,
-    Endpoint,
     HealthCheck,
     RolloutFailed,
     ServiceSpec,
     list_containers,
-    load_private_key,
     roll_out,
 )
-from workers.steps.vm import hypervisor, vm_of
-
-
-@cache
-def ssh_pool() -> ConnectionPool:
-    """One pool per worker process, so a job's steps share one SSH connection per VM."""
-    return ConnectionPool(load_private_key(manager_keypair().private_openssh))
+from workers.steps.vm import connect, hypervisor, vm_of
 
 
 @cache
@@ -84,10 +74,6 @@ def service_spec(release: Release, vm, replicas: int) -> ServiceSpec:
         replicas=replicas,
         health=check,
     )
-
-
-def connect(vm):
-    return ssh_pool().get(Endpoint("127.0.0.1", vm.ssh_port, "root", vm.host_key_public))
 
 
 def resolve_image(ctx: StepContext) -> None:

@@ -5,6 +5,8 @@ job redelivered after a crash repeats at most the step it was in.
 """
 
 import contextlib
+import time
+from functools import cache
 from pathlib import Path
 
 from django.conf import settings
@@ -16,17 +18,23 @@ from workers.hypervisor import (
     DomainSpec,
     Hypervisor,
     KernelBoot,
-    OperationTimeout,
     SeedConfig,
     SshKeyPair,
     UserNetwork,
     build_seed_iso,
     find_free_loopback_ports,
     generate_ed25519_keypair,
-    wait_for_ssh,
 )
 from workers.jobs import Plan, Step, StepContext, UserError, register
 from workers.keys import manager_keypair
+from workers.remote import (
+    ConnectionPool,
+    Endpoint,
+    SSHConnection,
+    SSHUnreachable,
+    load_private_key,
+    wait_for_ssh,
+)
 
 SSH_PORT = 22
 CONSOLE_TAIL_LINES = 15
@@ -44,6 +52,21 @@ def hypervisor(vm: VirtualMachine):
         vm.host.libvirt_uri, settings.STRATA_DATA_DIR, virt_type=vm.host.virt_type
     ) as hv:
         yield hv
+
+
+@cache
+def ssh_pool() -> ConnectionPool:
+    """One pool per worker process, so a job's steps share one SSH connection per VM."""
+    return ConnectionPool(load_private_key(manager_keypair().private_openssh))
+
+
+def endpoint(vm: VirtualMachine) -> Endpoint:
+    """The VM's sshd on its loopback forward, with the host key pinned at provisioning."""
+    return Endpoint("127.0.0.1", vm.ssh_port or ssh_port(vm), "root", vm.host_key_public)
+
+
+def connect(vm: VirtualMachine) -> SSHConnection:
+    return ssh_pool().get(endpoint(vm))
 
 
 def ssh_port(vm: VirtualMachine) -> int | None:
@@ -149,46 +172,35 @@ def start(ctx: StepContext) -> None:
 def wait_ssh(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     port = ssh_port(vm)
-    with hypervisor(vm) as hv:
-        try:
-            client = wait_for_ssh(
-                port,
-                vm.host_key_public,
-                manager_keypair().private_openssh,
-                timeout=settings.STRATA_SSH_READY_SECONDS,
-            )
-        except OperationTimeout as exc:
-            # Not transient here: a guest that did not come up in the bounded
-            # time fails this step with what its console said last.
-            raise UserError(
-                f"no SSH with the pinned host key on 127.0.0.1:{port} after "
-                f"{settings.STRATA_SSH_READY_SECONDS} s ({exc.last_error!r}); "
-                f"console:\n{console_tail(hv, vm)}"
-            ) from exc
-    client.close()
+    key = load_private_key(manager_keypair().private_openssh)
+    try:
+        wait_for_ssh(endpoint(vm), key, timeout=settings.STRATA_SSH_READY_SECONDS).close()
+    except SSHUnreachable as exc:
+        # Not transient here: a guest that did not come up in the bounded time
+        # fails this step with what its console said last.
+        with hypervisor(vm) as hv:
+            console = console_tail(hv, vm)
+        raise UserError(
+            f"no SSH on 127.0.0.1:{port} after {settings.STRATA_SSH_READY_SECONDS} s "
+            f"({exc}); console:\n{console}"
+        ) from exc
     VirtualMachine.objects.filter(pk=vm.pk).update(ssh_host="127.0.0.1", ssh_port=port)
     ctx.log(f"ssh ready on 127.0.0.1:{port}, host key matches the pinned one")
 
 
 def check_docker(ctx: StepContext) -> None:
     vm = vm_of(ctx)
-    client = wait_for_ssh(
-        vm.ssh_port, vm.host_key_public, manager_keypair().private_openssh, timeout=30
-    )
-    try:
-        deadline = timezone.now() + timezone.timedelta(seconds=settings.STRATA_DOCKER_READY_SECONDS)
-        while True:
-            _, stdout, stderr = client.exec_command(
-                "docker info --format '{{.ServerVersion}}'", timeout=30
-            )
-            status = stdout.channel.recv_exit_status()
-            output = (stdout.read() + stderr.read()).decode(errors="replace").strip()
-            if status == 0 or timezone.now() > deadline:
-                break
-    finally:
-        client.close()
-    if status != 0:
-        raise UserError(f"docker is not answering in the guest: {output[-500:]}")
+    deadline = time.monotonic() + settings.STRATA_DOCKER_READY_SECONDS
+    while True:
+        result = connect(vm).run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30, check=False
+        )
+        output = (result.stdout + result.stderr).decode(errors="replace").strip()
+        if result.exit_status == 0:
+            break
+        if time.monotonic() > deadline:
+            raise UserError(f"docker is not answering in the guest: {output[-500:]}")
+        time.sleep(2)
     vm.move_to(VMState.RUNNING, error="")
     ctx.log(f"docker {output} answering; VM running")
 
