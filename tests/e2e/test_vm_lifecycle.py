@@ -1,0 +1,94 @@
+"""A real VM through its whole life under qemu:///system (TCG): first boot via
+cloud-init, SSH with the pinned host key, Docker inside, snapshot and revert,
+graceful shutdown, destroy, and nothing left behind.
+
+The tests share conftest's one guest and run in file order, after every other
+e2e test (conftest sorts this module last): the final test destroys the guest.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import paramiko
+import pytest
+
+from workers.hypervisor import DomainState, NotFound, connect_pinned, generate_ed25519_keypair
+
+pytestmark = pytest.mark.e2e
+
+SNAPSHOT = "before-marker"
+MARKER = "/root/strata-marker"
+
+
+def test_first_boot_reaches_ssh_with_pinned_host_key(booted_vm):
+    print(f"boot to ssh: {booted_vm.boot_to_ssh_seconds:.1f} s")
+    assert booted_vm.hypervisor.state(booted_vm.uuid) is DomainState.RUNNING
+    stats = booted_vm.hypervisor.domain_stats(booted_vm.uuid)
+    print(f"qemu rss: {stats.rss_mib} MiB, guest cpu time: {stats.cpu_time_ns / 1e9:.1f} s")
+    assert stats.cpu_time_ns > 0 and stats.rss_mib > 0
+    assert booted_vm.run("hostname").strip() == booted_vm.name
+    # cloud-init applied our key: the guest's host key is exactly the pinned one.
+    guest_host_key = booted_vm.run("cat /etc/ssh/ssh_host_ed25519_key.pub")
+    assert guest_host_key.split()[:2] == booted_vm.host_key.public_openssh.split()[:2]
+
+
+def test_another_host_key_is_rejected(booted_vm):
+    impostor = generate_ed25519_keypair()
+    with pytest.raises(paramiko.BadHostKeyException):
+        connect_pinned(
+            booted_vm.ssh_port, impostor.public_openssh, booted_vm.client_key.private_openssh
+        )
+
+
+def test_docker_runs_in_the_guest(booted_vm):
+    started = time.monotonic()
+    output = booted_vm.run("docker info --format '{{.ServerVersion}} {{.Driver}}'", timeout=180)
+    print(f"docker info: {time.monotonic() - started:.1f} s -> {output.strip()}")
+    assert output.split()[1] == "overlay2"
+
+
+def test_snapshot_create_and_revert(booted_vm):
+    hypervisor = booted_vm.hypervisor
+    started = time.monotonic()
+    snapshot = hypervisor.create_snapshot(booted_vm.uuid, SNAPSHOT)
+    print(f"snapshot of the running guest: {time.monotonic() - started:.1f} s")
+    assert snapshot.state == "running"
+    assert [s.name for s in hypervisor.list_snapshots(booted_vm.uuid)] == [SNAPSHOT]
+
+    booted_vm.run(f"touch {MARKER} && sync")
+    started = time.monotonic()
+    hypervisor.revert_snapshot(booted_vm.uuid, SNAPSHOT)
+    print(f"revert: {time.monotonic() - started:.1f} s")
+    assert hypervisor.state(booted_vm.uuid) is DomainState.RUNNING
+    # The reverted guest never wrote the marker.
+    assert booted_vm.run(f"test -e {MARKER} && echo present || echo absent").strip() == "absent"
+
+    hypervisor.delete_snapshot(booted_vm.uuid, SNAPSHOT)
+    assert hypervisor.list_snapshots(booted_vm.uuid) == []
+
+
+def test_graceful_shutdown_then_destroy_leaves_nothing(booted_vm):
+    hypervisor = booted_vm.hypervisor
+    hypervisor.create_snapshot(booted_vm.uuid, "kept-until-destroy")
+    started = time.monotonic()
+    assert hypervisor.shutdown(booted_vm.uuid, timeout=120) is True
+    print(f"graceful shutdown: {time.monotonic() - started:.1f} s")
+    assert hypervisor.state(booted_vm.uuid) is DomainState.SHUTOFF
+    console_log = hypervisor.console_log_path(booted_vm.name)
+    assert os.path.getsize(console_log) > 0
+
+    hypervisor.destroy(booted_vm.name, booted_vm.uuid)
+    hypervisor.destroy(booted_vm.name, booted_vm.uuid)  # already gone: still succeeds
+
+    with pytest.raises(NotFound):
+        hypervisor.state(booted_vm.uuid)
+    assert all(d.uuid != booted_vm.uuid for d in hypervisor.list_strata_domains())
+    assert all(v.owner != booted_vm.name for v in hypervisor.list_strata_volumes())
+    for path in (
+        hypervisor.disk_path(booted_vm.name),
+        hypervisor.seed_path(booted_vm.name),
+        console_log,
+    ):
+        assert not os.path.exists(path), path

@@ -1,0 +1,24 @@
+"""Removing the storage pools a test made, volumes included."""
+
+from __future__ import annotations
+
+import libvirt
+
+from workers.hypervisor import Hypervisor
+
+
+def remove_pools(hypervisor: Hypervisor) -> None:
+    connection = hypervisor.connection
+    for name in (hypervisor.pool_name, hypervisor.console_pool_name):
+        try:
+            pool = connection.storagePoolLookupByName(name)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
+                continue
+            raise
+        if pool.isActive():
+            pool.refresh(0)
+            for volume in pool.listAllVolumes(0):
+                volume.delete(0)
+            pool.destroy()
+        pool.undefine()
