@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
+import libvirt_qemu
 
 from .domain_xml import (
     STRATA_NAMESPACE,
     STRATA_PREFIX,
+    USER_NETDEV_ID,
     StrataMetadata,
     build_domain_xml,
     build_metadata_element,
@@ -46,6 +48,7 @@ from .spec import (
     require_domain_name,
     require_int,
     require_match,
+    require_port,
     require_uuid,
 )
 
@@ -145,6 +148,22 @@ def _volume_kind(name: str) -> tuple[VolumeKind, str | None]:
         if name.endswith(suffix):
             return kind, name[: -len(suffix)]
     return VolumeKind.UNKNOWN, None
+
+
+def _host_forwards(usernet_table: str) -> set[tuple[int, int]]:
+    """(host port, guest port) pairs from QEMU's ``info usernet`` table, whose
+    forward rows read ``TCP[HOST_FORWARD] [FD] 127.0.0.1 PORT 10.0.2.15 PORT ...``."""
+    forwards = set()
+    for line in usernet_table.splitlines():
+        fields = line.split()
+        if not fields or fields[0] != "TCP[HOST_FORWARD]" or "127.0.0.1" not in fields:
+            continue
+        at = fields.index("127.0.0.1")
+        try:
+            forwards.add((int(fields[at + 1]), int(fields[at + 3])))
+        except (IndexError, ValueError):
+            continue
+    return forwards
 
 
 class Hypervisor:
@@ -503,6 +522,32 @@ class Hypervisor:
         if domain is not None:
             with libvirt_errors():
                 self._force_off(domain)
+
+    def add_live_port_forward(self, uuid: str, host_port: int, guest_port: int) -> None:
+        """Forward 127.0.0.1:``host_port`` to the running guest's ``guest_port`` now.
+
+        For ``user`` networking; QEMU keeps forwards only until it exits, so the
+        caller also redefines the domain with the forward for later starts.
+        Adding a forward that exists already is a no-op.
+        """
+        require_port("host_port", host_port)
+        require_port("guest_port", guest_port)
+        domain = self._domain(uuid)
+        hmp = libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+        with libvirt_errors():
+            if not domain.isActive():
+                return
+            table = libvirt_qemu.qemuMonitorCommand(domain, "info usernet", hmp)
+            if (host_port, guest_port) in _host_forwards(table):
+                return
+            # Only validated integers reach the monitor command.
+            answer = libvirt_qemu.qemuMonitorCommand(
+                domain,
+                f"hostfwd_add {USER_NETDEV_ID} tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}",
+                hmp,
+            )
+        if answer.strip():
+            raise HypervisorError(f"QEMU refused the forward {host_port}->{guest_port}: {answer}")
 
     def reboot(self, uuid: str) -> None:
         domain = self._domain(uuid)

@@ -29,7 +29,7 @@ from workers.remote import (
     list_containers,
     roll_out,
 )
-from workers.steps.vm import connect, hypervisor, vm_of
+from workers.steps.vm import connect, domain_spec, hypervisor, vm_of
 
 
 @cache
@@ -104,9 +104,12 @@ def publish_ports(ctx: StepContext) -> None:
             forward = PortForward.objects.create(
                 host=vm.host, host_port=host_port, vm=vm, guest_port=port
             )
-        with hypervisor(vm) as hv:
-            hv.add_port_forward(str(vm.uuid), forward.host_port, port)
         ctx.log(f"127.0.0.1:{forward.host_port} -> {vm.name}:{port}")
+    with hypervisor(vm) as hv:
+        # Kept in the definition for the next start, added to the running QEMU now.
+        hv.define(domain_spec(vm, hv))
+        for forward in PortForward.objects.filter(vm=vm, guest_port__in=release.spec["ports"]):
+            hv.add_live_port_forward(str(vm.uuid), forward.host_port, forward.guest_port)
 
 
 def roll_out_release(ctx: StepContext) -> None:

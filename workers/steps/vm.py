@@ -25,6 +25,9 @@ from workers.hypervisor import (
     find_free_loopback_ports,
     generate_ed25519_keypair,
 )
+from workers.hypervisor import (
+    PortForward as Forward,
+)
 from workers.jobs import Plan, Step, StepContext, UserError, register
 from workers.keys import manager_keypair
 from workers.remote import (
@@ -109,13 +112,20 @@ def reserve(ctx: StepContext) -> None:
     ctx.log(f"ssh forward 127.0.0.1:{ssh_port(vm)} -> guest :22; host key pinned")
 
 
+def base_volume_name(vm: VirtualMachine) -> str:
+    # Named by content: a rebuilt image under the same name is another base, so
+    # disks made from the old one keep their backing file.
+    return f"{vm.image.name}-{vm.image.sha256[:16]}"
+
+
 def create_disk(ctx: StepContext) -> None:
     vm = vm_of(ctx)
+    base = base_volume_name(vm)
     with hypervisor(vm) as hv:
         hv.ensure_storage()
-        hv.import_base_image(vm.image.name, vm.image.path)
-        path = hv.create_disk(vm.domain_name, vm.image.name, vm.flavor.disk_gb)
-    ctx.log(f"disk {path}: copy-on-write over {vm.image.name}, {vm.flavor.disk_gb} GiB")
+        hv.import_base_image(base, vm.image.path)
+        path = hv.create_disk(vm.domain_name, base, vm.flavor.disk_gb)
+    ctx.log(f"disk {path}: copy-on-write over {base}, {vm.flavor.disk_gb} GiB")
 
 
 def write_seed(ctx: StepContext) -> None:
@@ -132,7 +142,11 @@ def write_seed(ctx: StepContext) -> None:
 
 
 def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
-    forwards = UserNetwork(ssh_host_port=ssh_port(vm))
+    published = PortForward.objects.filter(vm=vm).exclude(guest_port=SSH_PORT).order_by("pk")
+    forwards = UserNetwork(
+        ssh_host_port=ssh_port(vm),
+        forwards=tuple(Forward(f.host_port, f.guest_port) for f in published),
+    )
     kernel = None
     if vm.image.kernel_path:
         kernel = KernelBoot(

@@ -1,0 +1,173 @@
+"""The whole product path on real parts: Celery worker, Redis, PostgreSQL,
+libvirt with real TCG guests, Docker inside them over pinned SSH.
+
+A dev environment with one VM is created, a web service deployed and reached
+over HTTP through its loopback forward, a second release rolled out, a broken
+third one rolled back; an internal service is promoted to a staging
+environment and scaled to two replicas; both environments are destroyed and
+nothing is left in libvirt, the data directory or the host's Docker.
+"""
+
+import time
+import urllib.request
+import uuid
+
+import docker
+import pytest
+from django.conf import settings
+
+from cloud.models import Deployment, Image, Job, PortForward, Release, VirtualMachine
+from cloud.services import deployments, environments
+from cloud.services.hosts import register_host
+from tests.remote.servers import build_web_images, remove_web_images
+from workers.hypervisor import Hypervisor
+from workers.images import build_debian_image
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+JOB_TIMEOUT = 900
+WEB = {"ports": [8080], "healthcheck": {"type": "http", "path": "/", "port": 8080, "retries": 60}}
+
+
+def wait_job(job, timeout=JOB_TIMEOUT):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if job.is_finished:
+            return job
+        time.sleep(1)
+    raise AssertionError(f"{job} did not finish in {timeout} s; steps: {steps_of(job)}")
+
+
+def steps_of(job):
+    rows = [job, *Job.objects.filter(parent=job)]
+    return [(j.kind, s.name, s.state, s.log[-300:]) for j in rows for s in j.steps.all()]
+
+
+def succeeded(job):
+    wait_job(job)
+    assert job.state == "succeeded", (job.error, steps_of(job))
+    return job
+
+
+def http_get(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:  # noqa: S310
+        return response.read().decode().strip()
+
+
+@pytest.fixture
+def image():
+    built = build_debian_image(settings.STRATA_DATA_DIR)
+    return Image.objects.create(
+        name="debian-12",
+        os=built.os,
+        format="qcow2",
+        sha256=built.sha256,
+        path=str(built.disk_path),
+        kernel_path=str(built.kernel_path),
+        initrd_path=str(built.initrd_path),
+        kernel_cmdline=built.kernel_cmdline,
+        virtual_size_bytes=built.virtual_size_bytes,
+        size_bytes=built.size_bytes,
+        source="built",
+    )
+
+
+@pytest.fixture
+def web_images():
+    engine = docker.from_env()
+    tags = build_web_images(engine)
+    yield tags
+    remove_web_images(engine, tags)
+
+
+def test_environment_lifecycle(make_team, worker_factory, image, web_images):
+    from cloud.models import Flavor
+
+    host, _ = register_host(f"e2e-{uuid.uuid4().hex[:6]}", "qemu:///system", virt_type="qemu")
+    Flavor.objects.create(name="small", vcpus=1, memory_mb=1024, disk_gb=4)
+    worker_factory(f"strata,{host.queue}")
+    team, user = make_team("e2e", "admin")
+    v1, v2 = web_images
+    made_uuids = []
+
+    try:
+        dev_job = environments.create_environment(
+            user=user, team=team, name="dev", kind="dev", vm_count=1, flavor="small"
+        )
+        dev = succeeded(dev_job).environment
+        dev_vm = VirtualMachine.objects.get(environment=dev)
+        made_uuids.append(str(dev_vm.uuid))
+        assert dev_vm.state == "running" and dev_vm.ssh_port
+
+        def deploy_web(image_ref, **extra):
+            return deployments.deploy(
+                user=user,
+                team=team,
+                env_id=dev.pk,
+                service_name="web",
+                image=image_ref,
+                **{**WEB, **extra},
+            )
+
+        succeeded(deploy_web(v1))
+        port = PortForward.objects.get(vm=dev_vm, guest_port=8080).host_port
+        assert http_get(port) == "release one"
+
+        succeeded(deploy_web(v2))
+        assert http_get(port) == "release two"
+
+        broken = wait_job(
+            deploy_web(
+                v2, command=["sleep", "3600"], healthcheck={**WEB["healthcheck"], "retries": 5}
+            )
+        )
+        assert broken.state == "failed" and "rolled back" in broken.error
+        assert Deployment.objects.get(pk=broken.params["deployment"]).state == "rolled_back"
+        assert http_get(port) == "release two"
+
+        succeeded(
+            deployments.deploy(
+                user=user,
+                team=team,
+                env_id=dev.pk,
+                service_name="api",
+                image=v1,
+                healthcheck={"type": "http", "path": "/", "port": 8080},
+            )
+        )
+
+        staging_job = environments.create_environment(
+            user=user, team=team, name="staging", kind="staging", vm_count=1, flavor="small"
+        )
+        staging = succeeded(staging_job).environment
+        made_uuids.append(str(VirtualMachine.objects.get(environment=staging).uuid))
+        succeeded(deployments.promote(user=user, team=team, env_id=dev.pk, service_name="api"))
+        dev_release = Release.objects.filter(service__environment=dev, service__name="api").get()
+        staged = Release.objects.get(service__environment=staging, service__name="api")
+        assert (
+            staged.image_digest == dev_release.image_digest and staged.promoted_from == dev_release
+        )
+
+        succeeded(
+            deployments.scale(
+                user=user, team=team, env_id=staging.pk, service_name="api", replicas=2
+            )
+        )
+        assert staged.containers.filter(state="running").count() == 2
+
+        for env in (dev, staging):
+            succeeded(environments.destroy_environment(user=user, team=team, env_id=env.pk))
+    finally:
+        with Hypervisor("qemu:///system", settings.STRATA_DATA_DIR) as hv:
+            leftovers = [d.name for d in hv.list_strata_domains() if d.uuid in made_uuids]
+            volumes = [
+                v.name for v in hv.list_strata_volumes() if any(u in v.name for u in made_uuids)
+            ]
+            for vm_uuid in made_uuids:
+                hv.destroy(f"strata-{vm_uuid}", vm_uuid)  # clean up even when the test failed
+    assert not leftovers and not volumes
+    console = settings.STRATA_DATA_DIR / "console"
+    assert not [p for p in console.glob("*.log") if any(u in p.name for u in made_uuids)]
+    assert not VirtualMachine.objects.filter(uuid__in=made_uuids).exists()
+    assert not PortForward.objects.exists()
