@@ -15,7 +15,6 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import paramiko
 import pytest
 
 from tests.hypervisor.storage_cleanup import remove_pools
@@ -27,11 +26,10 @@ from workers.hypervisor import (
     SshKeyPair,
     UserNetwork,
     build_seed_iso,
-    connect_pinned,
     find_free_loopback_ports,
     generate_ed25519_keypair,
-    wait_for_ssh,
 )
+from workers.remote import Endpoint, SSHConnection, load_private_key, wait_for_ssh
 
 LIBVIRT_URI = "qemu:///system"
 # Where workers.images caches the built Debian image (shared with other runs).
@@ -61,26 +59,24 @@ class BootedVm:
     client_key: SshKeyPair
     boot_to_ssh_seconds: float
 
-    def ssh(self, timeout: float = 10.0) -> paramiko.SSHClient:
-        """A fresh connection (a reverted snapshot breaks older ones)."""
-        return connect_pinned(
-            self.ssh_port,
-            self.host_key.public_openssh,
-            self.client_key.private_openssh,
-            timeout=timeout,
+    def endpoint(self, host_key: str | None = None) -> Endpoint:
+        return Endpoint(
+            "127.0.0.1", self.ssh_port, "root", host_key or self.host_key.public_openssh
         )
 
-    def run(self, command: str, timeout: float = 120.0) -> str:
-        """Run a fixed command in the guest; fail the test on a non-zero exit."""
-        client = self.ssh()
+    def connect(self, host_key: str | None = None) -> SSHConnection:
+        """A fresh connection (a reverted snapshot breaks older ones)."""
+        return SSHConnection(
+            self.endpoint(host_key), load_private_key(self.client_key.private_openssh)
+        )
+
+    def run(self, argv: list[str], timeout: float = 120.0) -> str:
+        """Run a command in the guest; CommandFailed fails the test on a non-zero exit."""
+        connection = self.connect()
         try:
-            _stdin, stdout, stderr = client.exec_command(command, timeout=timeout)  # noqa: S601
-            output = stdout.read().decode()
-            status = stdout.channel.recv_exit_status()
-            assert status == 0, f"{command!r} exited {status}: {stderr.read().decode()}"
-            return output
+            return connection.run(argv, timeout=timeout).text
         finally:
-            client.close()
+            connection.close()
 
 
 @pytest.fixture(scope="session")
@@ -178,17 +174,14 @@ def provision_vm(
     )
     started = time.monotonic()
     hypervisor.start(vm_uuid)
+    endpoint = Endpoint("127.0.0.1", ssh_port, "root", host_key.public_openssh)
     try:
-        client = wait_for_ssh(
-            ssh_port,
-            host_key.public_openssh,
-            manager_key.private_openssh,
-            timeout=BOOT_TIMEOUT_SECONDS,
-        )
+        wait_for_ssh(
+            endpoint, load_private_key(manager_key.private_openssh), timeout=BOOT_TIMEOUT_SECONDS
+        ).close()
     except BaseException:
         print_console_tail(hypervisor, name)
         raise
-    client.close()
     return BootedVm(
         hypervisor=hypervisor,
         name=name,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import time
 
-import paramiko
 import pytest
 
-from workers.hypervisor import DomainState, NotFound, connect_pinned, generate_ed25519_keypair
+from workers.hypervisor import DomainState, NotFound, generate_ed25519_keypair
+from workers.remote import HostKeyMismatch
 
 pytestmark = pytest.mark.e2e
 
@@ -28,23 +28,24 @@ def test_first_boot_reaches_ssh_with_pinned_host_key(booted_vm):
     stats = booted_vm.hypervisor.domain_stats(booted_vm.uuid)
     print(f"qemu rss: {stats.rss_mib} MiB, guest cpu time: {stats.cpu_time_ns / 1e9:.1f} s")
     assert stats.cpu_time_ns > 0 and stats.rss_mib > 0
-    assert booted_vm.run("hostname").strip() == booted_vm.name
+    assert booted_vm.run(["hostname"]).strip() == booted_vm.name
     # cloud-init applied our key: the guest's host key is exactly the pinned one.
-    guest_host_key = booted_vm.run("cat /etc/ssh/ssh_host_ed25519_key.pub")
+    guest_host_key = booted_vm.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
     assert guest_host_key.split()[:2] == booted_vm.host_key.public_openssh.split()[:2]
 
 
 def test_another_host_key_is_rejected(booted_vm):
     impostor = generate_ed25519_keypair()
-    with pytest.raises(paramiko.BadHostKeyException):
-        connect_pinned(
-            booted_vm.ssh_port, impostor.public_openssh, booted_vm.client_key.private_openssh
-        )
+    connection = booted_vm.connect(host_key=impostor.public_openssh)
+    with pytest.raises(HostKeyMismatch):
+        connection.transport()
 
 
 def test_docker_runs_in_the_guest(booted_vm):
     started = time.monotonic()
-    output = booted_vm.run("docker info --format '{{.ServerVersion}} {{.Driver}}'", timeout=180)
+    output = booted_vm.run(
+        ["docker", "info", "--format", "{{.ServerVersion}} {{.Driver}}"], timeout=180
+    )
     print(f"docker info: {time.monotonic() - started:.1f} s -> {output.strip()}")
     assert output.split()[1] == "overlay2"
 
@@ -57,13 +58,16 @@ def test_snapshot_create_and_revert(booted_vm):
     assert snapshot.state == "running"
     assert [s.name for s in hypervisor.list_snapshots(booted_vm.uuid)] == [SNAPSHOT]
 
-    booted_vm.run(f"touch {MARKER} && sync")
+    booted_vm.run(["sh", "-c", f"touch {MARKER} && sync"])
     started = time.monotonic()
     hypervisor.revert_snapshot(booted_vm.uuid, SNAPSHOT)
     print(f"revert: {time.monotonic() - started:.1f} s")
     assert hypervisor.state(booted_vm.uuid) is DomainState.RUNNING
     # The reverted guest never wrote the marker.
-    assert booted_vm.run(f"test -e {MARKER} && echo present || echo absent").strip() == "absent"
+    assert (
+        booted_vm.run(["sh", "-c", f"test -e {MARKER} && echo present || echo absent"]).strip()
+        == "absent"
+    )
 
     hypervisor.delete_snapshot(booted_vm.uuid, SNAPSHOT)
     assert hypervisor.list_snapshots(booted_vm.uuid) == []

@@ -1,4 +1,4 @@
-"""Hypervisor driver: libvirt domains, storage volumes, cloud-init seeds, SSH readiness.
+"""Hypervisor driver: libvirt domains, storage volumes, cloud-init seeds.
 
 No Django here. The job layer calls a ``Hypervisor``'s step methods
 (ensure_storage, import_base_image, create_disk, write_seed, define, start,
@@ -29,7 +29,6 @@ from .errors import (
 from .ports import find_free_loopback_ports
 from .seed import SeedConfig, SshKeyPair, build_seed_iso, generate_ed25519_keypair
 from .spec import DomainSpec, KernelBoot, LibvirtNetwork, PortForward, UserNetwork
-from .ssh import connect_pinned, wait_for_ssh
 
 __all__ = [
     "STRATA_NAMESPACE",
@@ -58,8 +57,6 @@ __all__ = [
     "VolumeKind",
     "build_domain_xml",
     "build_seed_iso",
-    "connect_pinned",
     "find_free_loopback_ports",
     "generate_ed25519_keypair",
-    "wait_for_ssh",
 ]

@@ -268,15 +268,23 @@ def wait_for_ssh(endpoint: Endpoint, private_key: paramiko.PKey, *, timeout: flo
     """
     deadline = time.monotonic() + timeout
     connection = SSHConnection(endpoint, private_key, connect_timeout=connect_timeout)
-    while True:
-        try:
-            connection.transport()
-            return connection
-        except SSHUnreachable:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise
-            time.sleep(min(interval, remaining))
+    # paramiko logs a traceback for every reset banner; while a guest boots
+    # those are expected and only the last failure matters.
+    paramiko_log = logging.getLogger("paramiko")
+    level = paramiko_log.level
+    paramiko_log.setLevel(logging.CRITICAL)
+    try:
+        while True:
+            try:
+                connection.transport()
+                return connection
+            except SSHUnreachable:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise
+                time.sleep(min(interval, remaining))
+    finally:
+        paramiko_log.setLevel(level)
 
 
 def _checked_argv(argv: Sequence[str]) -> list[str]:
