@@ -4,6 +4,9 @@
 - A VM that should run but whose domain is shut off is started again.
 - A domain or volume with Strata's marks and no live record is an orphan:
   noted when first seen, removed after the grace period, audited.
+- A container recorded for a running VM but gone from its engine is marked
+  missing; one the engine runs with Strata's labels but no record is an
+  orphan (removed after the grace period, like domains and volumes).
 - A job whose message was lost (not updated for a long time) is sent again.
 """
 
@@ -15,10 +18,12 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from cloud.models import Host, Job, JobState, Orphan, VirtualMachine, VMState
+from cloud.models import Container, Host, Job, JobState, Orphan, Service, VirtualMachine, VMState
 from tenants.models import AuditEvent
 from workers.hypervisor import DomainState, Hypervisor, VolumeKind
 from workers.jobs import enqueue
+from workers.remote import RemoteError, list_containers, remove_container
+from workers.steps.vm import connect
 
 log = logging.getLogger(__name__)
 
@@ -75,9 +80,42 @@ def reconcile_host(host_id: int) -> dict[str, int]:
             match = VM_DOMAIN_NAME.fullmatch(volume.owner or "")
             if match and match.group(1) not in vms:
                 found[(Orphan.Kind.VOLUME, volume.name)] = match.group(1)
+        running = [vm for vm in vms.values() if vm.state == VMState.RUNNING and vm.ssh_port]
+        counts["containers_missing"] = 0
+        for vm in running:
+            counts["containers_missing"] += _reconcile_containers(vm, found)
         counts["orphans_seen"] = len(found)
         counts["orphans_removed"] = _sweep_orphans(host, hv, found)
     return counts
+
+
+def _reconcile_containers(vm: VirtualMachine, found: dict) -> int:
+    """Sync the VM's container records with its engine; returns how many went missing."""
+    try:
+        engine = connect(vm).docker()
+        running = list_containers(engine)
+    except RemoteError as exc:
+        log.warning("cannot reach the engine of %s: %s", vm, exc)
+        return 0
+    by_id = {info.id: info for info in running}
+    services = set(
+        Service.objects.filter(environment=vm.environment_id).values_list("pk", flat=True)
+    )
+    missing = 0
+    for record in Container.objects.filter(vm=vm).exclude(state=Container.State.MISSING):
+        info = by_id.get(record.engine_id)
+        if info is None:
+            record.state, record.health = Container.State.MISSING, Container.Health.UNHEALTHY
+            record.save(update_fields=["state", "health", "updated_at"])
+            AuditEvent.record("container.missing", team=vm.environment.team, target=record)
+            missing += 1
+        elif record.state != (state := "running" if info.state == "running" else "exited"):
+            record.state = state
+            record.save(update_fields=["state", "updated_at"])
+    for info in running:
+        if not info.service_id.isdigit() or int(info.service_id) not in services:
+            found[(Orphan.Kind.CONTAINER, f"{vm.uuid}/{info.id}")] = (vm, info.id)
+    return missing
 
 
 def _sweep_orphans(host: Host, hv: Hypervisor, found: dict) -> int:
@@ -88,14 +126,19 @@ def _sweep_orphans(host: Host, hv: Hypervisor, found: dict) -> int:
             orphan.delete()
     grace = timezone.now() - timedelta(seconds=settings.STRATA_ORPHAN_GRACE_SECONDS)
     removed = 0
-    for (kind, name), uuid in found.items():
+    # ``owner`` is a VM uuid for domains and volumes, (vm, engine id) for containers.
+    for (kind, name), owner in found.items():
         orphan = known.get((kind, name)) or Orphan.objects.create(host=host, kind=kind, name=name)
         if orphan.first_seen_at > grace:
             continue
-        # A domain and its volumes all go with the VM name they carry.
-        vm_name = name if kind == Orphan.Kind.DOMAIN else f"strata-{uuid}"
-        if VM_DOMAIN_NAME.fullmatch(vm_name):
-            hv.destroy(vm_name, uuid)
+        if kind == Orphan.Kind.CONTAINER:
+            vm, container_id = owner
+            remove_container(connect(vm).docker(), container_id)
+        else:
+            # A domain and its volumes all go with the VM name they carry.
+            vm_name = name if kind == Orphan.Kind.DOMAIN else f"strata-{owner}"
+            if VM_DOMAIN_NAME.fullmatch(vm_name):
+                hv.destroy(vm_name, owner)
         AuditEvent.record("orphan.removed", target=host, kind=kind, name=name)
         log.warning("removed orphan %s %s on %s", kind, name, host.name)
         orphan.delete()
