@@ -13,6 +13,8 @@ scripts/services.sh redis libvirt docker
 $py manage.py migrate --noinput
 $py manage.py collectstatic --noinput -v 0
 queue=$($py manage.py bootstrap --print-queue)
+# The default guest image: built once with debootstrap (about 80 s), then cached.
+$py manage.py build_image debian-12
 
 pids=()
 stop() {
