@@ -90,3 +90,52 @@ def worker_factory(request):
     yield start
     for proc in procs:
         kill(proc)
+
+
+@pytest.fixture
+def sshd_guest(tmp_path, make_team):
+    """A running VM record whose "guest" is a real sshd on loopback in front of
+    the host's dockerd, so container work runs for real without booting a VM.
+    Yields (vm, host engine, web image tag); its domain lives on the test driver."""
+    import docker
+
+    from cloud.models import VirtualMachine
+    from tests.foundation.factories import team_world
+    from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
+    from tests.remote.servers import (
+        KeyPair,
+        Sshd,
+        build_web_images,
+        new_ed25519_key,
+        remove_web_images,
+    )
+    from workers.hypervisor import Hypervisor
+    from workers.keys import manager_keypair
+    from workers.remote.services import LABEL_ENVIRONMENT_ID
+
+    manager = manager_keypair()
+    host_key = new_ed25519_key()
+    sshd = Sshd(
+        tmp_path / "sshd", host_key, KeyPair(manager.private_openssh, manager.public_openssh)
+    )
+    hv = Hypervisor("test:///default", TEST_DATA_DIR, virt_type="qemu")
+    hv.ensure_storage()
+    team, _ = make_team("alpha")
+    env = team_world(team, port=20022)
+    vm = VirtualMachine.objects.get(environment=env)
+    VirtualMachine.objects.filter(pk=vm.pk).update(
+        state="running", ssh_port=sshd.port, host_key_public=host_key.public_line
+    )
+    vm.refresh_from_db()
+    hv.define(make_spec(name=vm.domain_name, uuid=str(vm.uuid), vm_id=str(vm.pk)))
+    hv.start(str(vm.uuid))
+    engine = docker.from_env()
+    images = build_web_images(engine)
+    yield vm, engine, images[0]
+    # Only this test's containers: other work may share the host's engine.
+    ours = {"label": f"{LABEL_ENVIRONMENT_ID}={vm.environment_id}"}
+    for container in engine.containers.list(all=True, filters=ours):
+        container.remove(force=True)
+    remove_web_images(engine, images)
+    hv.close()
+    sshd.stop()

@@ -43,3 +43,26 @@ def reconcile_host(host_id: int) -> dict:
     from workers.reconcile import reconcile_host as run
 
     return run(host_id)
+
+
+@app.task(name="strata.container_logs")
+def container_logs(container_id: int, tail: int, since: float | None) -> str:
+    """A container's log tail, read from its VM's engine (the web layer never SSHes)."""
+    from cloud.models import Container
+    from workers.remote import container_logs as read_logs
+    from workers.steps.vm import connect
+
+    container = Container.objects.select_related("vm").get(pk=container_id)
+    return read_logs(connect(container.vm).docker(), container.engine_id, tail=tail, since=since)
+
+
+@app.task(name="strata.container_stats")
+def container_stats(container_id: int) -> dict:
+    from dataclasses import asdict
+
+    from cloud.models import Container
+    from workers.remote import container_stats as sample
+    from workers.steps.vm import connect
+
+    container = Container.objects.select_related("vm").get(pk=container_id)
+    return asdict(sample(connect(container.vm).docker(), container.engine_id))

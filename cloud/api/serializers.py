@@ -198,6 +198,7 @@ class RollbackSerializer(serializers.Serializer):
 
 
 class ContainerSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
     vm = serializers.CharField(source="vm.name")
     name = serializers.CharField()
     release = serializers.IntegerField(source="release.version")
@@ -243,3 +244,18 @@ class ServiceSerializer(serializers.ModelSerializer):
             for f in self.context["forwards"]
             if f.guest_port in service.ports
         ]
+
+
+class LogsQuerySerializer(serializers.Serializer):
+    tail = serializers.IntegerField(default=100, min_value=-(2**31), max_value=2**31)
+    since = serializers.FloatField(required=False)
+
+
+class LogsSerializer(serializers.Serializer):
+    logs = serializers.CharField()
+
+
+class StatsSerializer(serializers.Serializer):
+    cpu_percent = serializers.FloatField()
+    memory_bytes = serializers.IntegerField()
+    memory_limit_bytes = serializers.IntegerField()

@@ -11,6 +11,7 @@ team_router.include_root_view = False
 team_router.register("environments", views.EnvironmentViewSet, basename="environment")
 team_router.register("vms", views.VirtualMachineViewSet, basename="vm")
 team_router.register("jobs", views.JobViewSet, basename="job")
+team_router.register("containers", views.ContainerViewSet, basename="container")
 
 urlpatterns = [
     path("v1/teams/", views.TeamList.as_view(), name="team-list"),

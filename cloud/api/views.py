@@ -6,6 +6,7 @@ from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 
 from cloud.models import (
@@ -20,11 +21,16 @@ from cloud.models import (
     Service,
     VirtualMachine,
 )
-from cloud.services import deployments, environments, jobs
+from cloud.services import containers, deployments, environments, jobs
 from cloud.services.access import require_read
 from tenants.models import AuditEvent, Membership, Team
 
 from . import filters, serializers
+
+
+class ServiceUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "the VM did not answer"
 
 
 class TeamScopedMixin:
@@ -209,3 +215,33 @@ class AuditEventList(TeamScopedMixin, generics.ListAPIView):
 
     def get_queryset(self):
         return self.scoped(AuditEvent).select_related("actor")
+
+
+class ContainerViewSet(TeamScopedMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A container's logs and a stats sample, read live from its VM's engine."""
+
+    serializer_class = serializers.ContainerSerializer
+
+    def get_queryset(self):
+        return self.scoped(Container).select_related("vm", "release")
+
+    @extend_schema(
+        parameters=[serializers.LogsQuerySerializer], responses={200: serializers.LogsSerializer}
+    )
+    @action(detail=True, methods=["get"])
+    def logs(self, request, team, pk):
+        query = serializers.LogsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        text = self._live(containers.logs, pk, **query.validated_data)
+        return Response({"logs": text})
+
+    @extend_schema(responses={200: serializers.StatsSerializer})
+    @action(detail=True, methods=["get"])
+    def stats(self, request, team, pk):
+        return Response(self._live(containers.stats, pk))
+
+    def _live(self, read, pk, **params):
+        try:
+            return read(user=self.request.user, team=self.get_team(), container_id=pk, **params)
+        except containers.Unavailable as exc:
+            raise ServiceUnavailable(str(exc)) from exc

@@ -20,9 +20,26 @@ def worker():
     """A Celery worker in its own process serving a queue unique to this test."""
     queue = f"host.test-{uuid.uuid4().hex[:8]}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue, "-c", "1",
-         "--without-gossip", "--without-mingle", "-n", f"{queue}@%h", "--loglevel", "WARNING"],
-        cwd=REPO, env=os.environ.copy(),
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "-n",
+            f"{queue}@%h",
+            "--loglevel",
+            "WARNING",
+        ],
+        cwd=REPO,
+        env=os.environ.copy(),
     )
     yield queue
     proc.terminate()

@@ -20,15 +20,23 @@ def manage(*args, env_overrides, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "STRATA_HTTPS"}}
     env.update({"STRATA_DATA_DIR": str(tmp_path / "data"), **env_overrides})
     return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
 
 
 def test_deploy_checks_pass_with_debug_off(tmp_path):
     result = manage(
-        "check", "--deploy", "--fail-level", "WARNING",
-        env_overrides={"DEBUG": "false"}, tmp_path=tmp_path,
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        env_overrides={"DEBUG": "false"},
+        tmp_path=tmp_path,
     )
     assert result.returncode == 0, result.stderr + result.stdout
     key = tmp_path / "data" / "secret_key"

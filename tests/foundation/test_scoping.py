@@ -11,17 +11,26 @@ pytestmark = pytest.mark.django_db
 
 def team_scoped_models():
     return [
-        m
-        for m in apps.get_models()
-        if isinstance(m._default_manager.all(), TeamScopedQuerySet)
+        m for m in apps.get_models() if isinstance(m._default_manager.all(), TeamScopedQuerySet)
     ]
 
 
 def test_every_team_owned_model_is_scoped():
     names = {m.__name__ for m in team_scoped_models()}
     expected = {
-        "Environment", "VirtualMachine", "PortForward", "Service", "Release", "Deployment",
-        "Container", "Secret", "Job", "JobStep", "Quota", "AuditEvent", "Membership",
+        "Environment",
+        "VirtualMachine",
+        "PortForward",
+        "Service",
+        "Release",
+        "Deployment",
+        "Container",
+        "Secret",
+        "Job",
+        "JobStep",
+        "Quota",
+        "AuditEvent",
+        "Membership",
     }
     assert expected <= names
 
