@@ -7,6 +7,7 @@ from drf_spectacular.utils import extend_schema
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import APIException
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.response import Response
 
 from cloud.models import (
@@ -22,8 +23,8 @@ from cloud.models import (
     VirtualMachine,
 )
 from cloud.services import containers, deployments, environments, jobs
-from cloud.services.access import require_read
-from tenants.models import AuditEvent, Membership, Team
+from cloud.services.access import require_read, require_role
+from tenants.models import AuditEvent, Membership, Role, Team
 
 from . import filters, serializers
 
@@ -41,6 +42,16 @@ class TeamScopedMixin:
         if getattr(self, "swagger_fake_view", False):
             return model.objects.none()
         return model.objects.for_team(self.get_team())
+
+    def initial(self, request, *args, **kwargs):
+        # Scope before anything reads the request: another team is a 404, whatever the body.
+        super().initial(request, *args, **kwargs)
+        if getattr(self, "swagger_fake_view", False):
+            return
+        team = self.get_team()
+        if request.method not in SAFE_METHODS:
+            # Viewers read; whatever the body says, they act on nothing.
+            require_role(request.user, team, Role.DEVELOPER)
 
     def get_team(self) -> Team:
         if not hasattr(self, "_team"):
@@ -116,6 +127,7 @@ class EnvironmentViewSet(
         return job_accepted(request, job)
 
     def _operation(self, request, pk, serializer_class, operation):
+        self.get_object()  # another team's environment is a 404 before the body is read
         params = serializer_class(data=request.data)
         params.is_valid(raise_exception=True)
         job = operation(user=request.user, team=self.get_team(), env_id=pk, **params.validated_data)
@@ -180,6 +192,7 @@ class VirtualMachineViewSet(
     )
     @action(detail=True, methods=["post"])
     def actions(self, request, team, pk):
+        self.get_object()
         params = serializers.VMActionSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         job = environments.vm_action(
@@ -230,6 +243,7 @@ class ContainerViewSet(TeamScopedMixin, mixins.RetrieveModelMixin, viewsets.Gene
     )
     @action(detail=True, methods=["get"])
     def logs(self, request, team, pk):
+        self.get_object()
         query = serializers.LogsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
         text = self._live(containers.logs, pk, **query.validated_data)

@@ -31,8 +31,8 @@ def require_act(user, team, kind: str) -> Membership:
     return member
 
 
-def require_team_admin(user, team) -> Membership:
+def require_role(user, team, role: str) -> Membership:
     member = membership(user, team)
-    if not member.has_role(Role.ADMIN):
-        raise Forbidden(f"this needs the admin role; you are {member.role}")
+    if not member.has_role(role):
+        raise Forbidden(f"this needs the {role} role; you are {member.role}")
     return member

@@ -58,16 +58,16 @@ def second_dockerd():
 @pytest.fixture(scope="session")
 def sshd_second(tmp_path_factory, host_key, manager_key, second_dockerd):
     """sshd whose sessions talk to the second dockerd."""
-    server = Sshd(tmp_path_factory.mktemp("sshd2"), host_key, manager_key,
-                  docker_host=second_dockerd.url)
+    server = Sshd(
+        tmp_path_factory.mktemp("sshd2"), host_key, manager_key, docker_host=second_dockerd.url
+    )
     yield server
     server.stop()
 
 
 @pytest.fixture
 def connection(sshd, manager_key):
-    conn = SSHConnection(sshd.endpoint(), manager_key.pkey, connect_timeout=5,
-                         command_timeout=30)
+    conn = SSHConnection(sshd.endpoint(), manager_key.pkey, connect_timeout=5, command_timeout=30)
     yield conn
     conn.close()
 

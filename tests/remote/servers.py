@@ -33,9 +33,6 @@ HOST_DOCKER_SOCKET = "/var/run/docker.sock"
 TEST_IMAGE_REPO = "strata-test/web"
 
 
-
-
-
 def missing_tools() -> str | None:
     """Why these servers cannot run here, or None."""
     for path in (SSHD, DOCKERD, BUSYBOX, HOST_DOCKER_SOCKET):
@@ -57,12 +54,15 @@ class KeyPair:
 def new_ed25519_key() -> KeyPair:
     key = ed25519.Ed25519PrivateKey.generate()
     private_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     ).decode()
-    public_line = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
+    public_line = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     return KeyPair(private_pem, public_line)
 
 
@@ -84,8 +84,9 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 class Sshd:
     """An sshd on 127.0.0.1 with its own config; ``stop()`` ends it."""
 
-    def __init__(self, workdir: Path, host_key: KeyPair, client_key: KeyPair,
-                 docker_host: str | None = None):
+    def __init__(
+        self, workdir: Path, host_key: KeyPair, client_key: KeyPair, docker_host: str | None = None
+    ):
         self.port = free_loopback_port()
         self.host_key = host_key
         workdir.mkdir(parents=True, exist_ok=True)
@@ -170,15 +171,27 @@ class Dockerd:
         try:
             self.process = subprocess.Popen(
                 [
-                    "unshare", "--net", "--", DOCKERD, "--data-root", str(self.root / "data"),
-                    "--exec-root", str(self.root / "exec"),
-                    "--host", f"unix://{self.socket}",
-                    "--pidfile", str(self.root / "docker.pid"),
-                    "--config-file", str(config),
-                    "--bridge=none", "--iptables=false", "--ip-masq=false",
+                    "unshare",
+                    "--net",
+                    "--",
+                    DOCKERD,
+                    "--data-root",
+                    str(self.root / "data"),
+                    "--exec-root",
+                    str(self.root / "exec"),
+                    "--host",
+                    f"unix://{self.socket}",
+                    "--pidfile",
+                    str(self.root / "docker.pid"),
+                    "--config-file",
+                    str(config),
+                    "--bridge=none",
+                    "--iptables=false",
+                    "--ip-masq=false",
                     "--log-level=warn",
                 ],
-                stdout=self.log, stderr=self.log,
+                stdout=self.log,
+                stderr=self.log,
             )
         except OSError:
             self.log.close()
@@ -194,9 +207,7 @@ class Dockerd:
 
     def _ready(self) -> bool:
         if self.process.poll() is not None:
-            raise RuntimeError(
-                f"dockerd exited: {(self.root / 'dockerd.log').read_text()[-2000:]}"
-            )
+            raise RuntimeError(f"dockerd exited: {(self.root / 'dockerd.log').read_text()[-2000:]}")
         try:
             return self.socket.exists() and self.client.ping()
         except Exception:
@@ -256,17 +267,18 @@ def build_on_top(engine, base: str, tag: str, page: bytes):
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     context.seek(0)
-    engine.images.build(fileobj=context, custom_context=True, tag=tag, rm=True,
-                        forcerm=True, pull=False)
-
-
+    engine.images.build(
+        fileobj=context, custom_context=True, tag=tag, rm=True, forcerm=True, pull=False
+    )
 
 
 def build_web_images(engine: docker.DockerClient) -> tuple[str, str]:
     """Two busybox httpd images; the second is the first plus one small layer."""
     v1, v2 = f"{TEST_IMAGE_REPO}:1", f"{TEST_IMAGE_REPO}:2"
     engine.api.import_image_from_data(
-        busybox_rootfs_tar(), repository=TEST_IMAGE_REPO, tag="1",
+        busybox_rootfs_tar(),
+        repository=TEST_IMAGE_REPO,
+        tag="1",
         changes=['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]'],
     )
     build_on_top(engine, v1, v2, b"release two\n")

@@ -18,8 +18,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def second_target(sshd_second, manager_key, second_dockerd):
     """A connection whose engine is the (emptied) second dockerd."""
-    connection = SSHConnection(sshd_second.endpoint(), manager_key.pkey, connect_timeout=5,
-                               command_timeout=120)
+    connection = SSHConnection(
+        sshd_second.endpoint(), manager_key.pkey, connect_timeout=5, command_timeout=120
+    )
     _empty(second_dockerd.client)
     yield connection
     connection.close()
@@ -43,8 +44,9 @@ def test_chain_ids_follow_the_oci_definition():
     assert chain_ids([]) == []
 
 
-def test_second_push_sends_only_the_new_layer(second_target, second_dockerd, local_engine,
-                                              web_images):
+def test_second_push_sends_only_the_new_layer(
+    second_target, second_dockerd, local_engine, web_images
+):
     v1, v2 = web_images
     engine = second_target.docker()
     assert engine.info()["DockerRootDir"].startswith(str(second_dockerd.root))
@@ -52,15 +54,16 @@ def test_second_push_sends_only_the_new_layer(second_target, second_dockerd, loc
     first = push_image(local_engine, engine, v1)
     assert first.layers_skipped == 0 and first.bytes_sent > 1_000_000
     second = push_image(local_engine, engine, v2)
-    print(f"first push {first.bytes_sent} bytes, second push {second.bytes_sent} bytes "
-          f"({second.layers_skipped}/{second.layers_total} layers skipped)")
+    print(
+        f"first push {first.bytes_sent} bytes, second push {second.bytes_sent} bytes "
+        f"({second.layers_skipped}/{second.layers_total} layers skipped)"
+    )
     assert second.layers_skipped == 1 and second.layers_total == 2
     assert second.bytes_sent < 0.10 * first.bytes_sent
 
     # The skipped base layer really is the remote's own: the image works.
     assert engine.images.get(v2).id == local_engine.images.get(v2).id
-    output = engine.containers.run(v2, ["cat", "/www/index.html"], network_mode="none",
-                                   remove=True)
+    output = engine.containers.run(v2, ["cat", "/www/index.html"], network_mode="none", remove=True)
     assert output == b"release two\n"
 
 
@@ -99,17 +102,18 @@ def test_pull_failure_is_typed_and_hides_the_password(second_target):
     assert "s3cret-token" not in repr(auth)
 
 
-def test_load_of_a_corrupt_stream_fails_typed(second_target, local_engine, web_images,
-                                              monkeypatch):
+def test_load_of_a_corrupt_stream_fails_typed(second_target, local_engine, web_images, monkeypatch):
     # Fault injection: a layer the target "has" vanishes between the check
     # and the load, so the empty placeholder is read and rejected.
     from workers.remote import images
 
     v1, v2 = web_images
     engine = second_target.docker()
-    monkeypatch.setattr(images, "remote_chain_ids",
-                        lambda _engine: set(chain_ids(local_engine.images.get(v1).attrs[
-                            "RootFS"]["Layers"])))
+    monkeypatch.setattr(
+        images,
+        "remote_chain_ids",
+        lambda _engine: set(chain_ids(local_engine.images.get(v1).attrs["RootFS"]["Layers"])),
+    )
     with pytest.raises(ImageShipFailed):
         push_image(local_engine, engine, v2)
     with pytest.raises(docker.errors.ImageNotFound):

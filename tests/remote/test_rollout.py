@@ -26,8 +26,7 @@ from .servers import free_loopback_port
 
 pytestmark = pytest.mark.integration
 
-STEPS = ["ship image", "start candidate", "health-check candidate", "switch", "stop old",
-         "prune"]
+STEPS = ["ship image", "start candidate", "health-check candidate", "switch", "stop old", "prune"]
 
 
 class HttpWatcher:
@@ -99,20 +98,26 @@ def get_body(port: int) -> str:
 def web(web_images):
     port = free_loopback_port()
     spec = ServiceSpec(
-        name="web", image=web_images[0], service_id="svc-web", environment_id="env-1",
-        ports={port: 8080}, publish_address="127.0.0.1",
+        name="web",
+        image=web_images[0],
+        service_id="svc-web",
+        environment_id="env-1",
+        ports={port: 8080},
+        publish_address="127.0.0.1",
         health=HealthCheck.http("/", 8080, interval=0.1, timeout=2, retries=30),
     )
     return spec, port
 
 
 def serving(engine, service_id):
-    return sorted((c.release_id, c.role, c.state)
-                  for c in list_containers(engine, service_id=service_id))
+    return sorted(
+        (c.release_id, c.role, c.state) for c in list_containers(engine, service_id=service_id)
+    )
 
 
-def test_rollout_switches_with_a_short_refused_window(clean_host_engine, connection, web,
-                                                      web_images, local_engine):
+def test_rollout_switches_with_a_short_refused_window(
+    clean_host_engine, connection, web, web_images, local_engine
+):
     spec, port = web
     first = roll_out(connection, spec, "r1", local_engine=local_engine)
     assert [s.name for s in first.steps] == STEPS
@@ -120,13 +125,19 @@ def test_rollout_switches_with_a_short_refused_window(clean_host_engine, connect
 
     with HttpWatcher(port) as watcher:
         time.sleep(0.2)
-        second = roll_out(connection, dataclasses.replace(spec, image=web_images[1]), "r2",
-                          local_engine=local_engine)
+        second = roll_out(
+            connection,
+            dataclasses.replace(spec, image=web_images[1]),
+            "r2",
+            local_engine=local_engine,
+        )
         time.sleep(0.2)
     outage = watcher.longest_outage()
-    print(f"switch (stop old + start new) {second.switch_seconds * 1000:.0f} ms, "
-          f"connections refused for {watcher.refused_window() * 1000:.0f} ms, "
-          f"no answer for {outage * 1000:.0f} ms, {len(watcher.outcomes)} requests")
+    print(
+        f"switch (stop old + start new) {second.switch_seconds * 1000:.0f} ms, "
+        f"connections refused for {watcher.refused_window() * 1000:.0f} ms, "
+        f"no answer for {outage * 1000:.0f} ms, {len(watcher.outcomes)} requests"
+    )
     assert watcher.bodies() == {"release one\n", "release two\n"}
     assert watcher.refused_window() <= second.switch_seconds
     assert outage < 2.5
@@ -134,8 +145,9 @@ def test_rollout_switches_with_a_short_refused_window(clean_host_engine, connect
     assert serving(clean_host_engine, "svc-web") == [("r2", "serving", "running")]
 
     # Idempotent: the same release again changes nothing.
-    again = roll_out(connection, dataclasses.replace(spec, image=web_images[1]), "r2",
-                     local_engine=local_engine)
+    again = roll_out(
+        connection, dataclasses.replace(spec, image=web_images[1]), "r2", local_engine=local_engine
+    )
     assert again.push.bytes_sent == 0
     assert [s.name for s in again.steps] == ["ship image", "start", "stop old", "prune"]
     assert "skipped" in again.steps[1].detail
@@ -143,12 +155,15 @@ def test_rollout_switches_with_a_short_refused_window(clean_host_engine, connect
 
 
 def test_unhealthy_candidate_stops_the_rollout_while_old_keeps_serving(
-        clean_host_engine, connection, web, local_engine):
+    clean_host_engine, connection, web, local_engine
+):
     spec, port = web
     roll_out(connection, spec, "r1", local_engine=local_engine)
     broken = dataclasses.replace(
-        spec, command=("sh", "-c", "echo cannot bind; sleep 60"),
-        health=HealthCheck.http("/", 8080, interval=0.1, timeout=1, retries=5))
+        spec,
+        command=("sh", "-c", "echo cannot bind; sleep 60"),
+        health=HealthCheck.http("/", 8080, interval=0.1, timeout=1, retries=5),
+    )
     with HttpWatcher(port) as watcher, pytest.raises(RolloutFailed) as caught:
         roll_out(connection, broken, "r2", local_engine=local_engine)
     failure = caught.value
@@ -159,8 +174,9 @@ def test_unhealthy_candidate_stops_the_rollout_while_old_keeps_serving(
     assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
 
 
-def test_unhealthy_new_serving_container_rolls_back(clean_host_engine, connection, web,
-                                                    web_images, local_engine, monkeypatch):
+def test_unhealthy_new_serving_container_rolls_back(
+    clean_host_engine, connection, web, web_images, local_engine, monkeypatch
+):
     spec, port = web
     roll_out(connection, spec, "r1", local_engine=local_engine)
 
@@ -176,38 +192,63 @@ def test_unhealthy_new_serving_container_rolls_back(clean_host_engine, connectio
 
     monkeypatch.setattr(rollout_module, "wait_healthy", failing_after_switch)
     with pytest.raises(RolloutFailed) as caught:
-        roll_out(connection, dataclasses.replace(spec, image=web_images[1]), "r2",
-                 local_engine=local_engine)
+        roll_out(
+            connection,
+            dataclasses.replace(spec, image=web_images[1]),
+            "r2",
+            local_engine=local_engine,
+        )
     assert caught.value.step == "switch" and caught.value.serving_release == "r1"
     assert get_body(port) == "release one\n"
     assert ("r1", "serving", "running") in serving(clean_host_engine, "svc-web")
     assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
 
 
-def test_rollout_without_ports_starts_new_beside_old(clean_host_engine, connection,
-                                                     web_images, local_engine):
-    spec = ServiceSpec(name="worker", image=web_images[0], service_id="svc-worker",
-                       environment_id="env-1", replicas=2,
-                       health=HealthCheck.tcp(8080, interval=0.1, retries=30))
+def test_rollout_without_ports_starts_new_beside_old(
+    clean_host_engine, connection, web_images, local_engine
+):
+    spec = ServiceSpec(
+        name="worker",
+        image=web_images[0],
+        service_id="svc-worker",
+        environment_id="env-1",
+        replicas=2,
+        health=HealthCheck.tcp(8080, interval=0.1, retries=30),
+    )
     first = roll_out(connection, spec, "r1", local_engine=local_engine)
-    assert [s.name for s in first.steps] == ["ship image", "start new", "health-check new",
-                                             "stop old", "prune"]
+    assert [s.name for s in first.steps] == [
+        "ship image",
+        "start new",
+        "health-check new",
+        "stop old",
+        "prune",
+    ]
     assert serving(clean_host_engine, "svc-worker") == [("r1", "serving", "running")] * 2
 
-    broken = dataclasses.replace(spec, image=web_images[1], command=("sleep", "60"),
-                                 health=HealthCheck.tcp(8080, interval=0.1, retries=3))
+    broken = dataclasses.replace(
+        spec,
+        image=web_images[1],
+        command=("sleep", "60"),
+        health=HealthCheck.tcp(8080, interval=0.1, retries=3),
+    )
     with pytest.raises(RolloutFailed) as caught:
         roll_out(connection, broken, "r2", local_engine=local_engine)
     assert caught.value.step == "health-check new" and caught.value.serving_release == "r1"
     assert serving(clean_host_engine, "svc-worker") == [("r1", "serving", "running")] * 2
 
-    roll_out(connection, dataclasses.replace(spec, image=web_images[1]), "r2",
-             local_engine=local_engine, replicas=1)
+    roll_out(
+        connection,
+        dataclasses.replace(spec, image=web_images[1]),
+        "r2",
+        local_engine=local_engine,
+        replicas=1,
+    )
     assert serving(clean_host_engine, "svc-worker") == [("r2", "serving", "running")]
 
 
 def test_taken_host_port_fails_the_switch_and_leaves_nothing_running(
-        clean_host_engine, connection, web, local_engine):
+    clean_host_engine, connection, web, local_engine
+):
     spec, port = web
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
@@ -219,8 +260,9 @@ def test_taken_host_port_fails_the_switch_and_leaves_nothing_running(
     assert list_containers(clean_host_engine, service_id="svc-web") == []
 
 
-def test_rollout_after_the_link_dropped_reconnects(clean_host_engine, connection, web,
-                                                  local_engine):
+def test_rollout_after_the_link_dropped_reconnects(
+    clean_host_engine, connection, web, local_engine
+):
     spec, port = web
     connection.docker().ping()
     connection.transport().close()
@@ -228,8 +270,9 @@ def test_rollout_after_the_link_dropped_reconnects(clean_host_engine, connection
     assert get_body(port) == "release one\n"
 
 
-def test_link_dropping_mid_rollout_is_transient(clean_host_engine, connection, web,
-                                                local_engine, monkeypatch):
+def test_link_dropping_mid_rollout_is_transient(
+    clean_host_engine, connection, web, local_engine, monkeypatch
+):
     spec, _ = web
     real_start = rollout_module.start_container
 
@@ -254,28 +297,43 @@ def test_ports_allow_one_replica_per_target(connection, web):
     assert caught.value.field == "replicas"
 
 
-def test_failed_ship_is_reported_as_a_rollout_failure(clean_host_engine, connection, web,
-                                                      local_engine):
+def test_failed_ship_is_reported_as_a_rollout_failure(
+    clean_host_engine, connection, web, local_engine
+):
     spec, _ = web
     with pytest.raises(RolloutFailed) as caught:
-        roll_out(connection, dataclasses.replace(spec, image="strata-test/absent:1"), "r1",
-                 local_engine=local_engine)
+        roll_out(
+            connection,
+            dataclasses.replace(spec, image="strata-test/absent:1"),
+            "r1",
+            local_engine=local_engine,
+        )
     assert caught.value.step == "ship image" and caught.value.serving_release is None
 
 
 def test_failed_pull_is_reported_as_a_rollout_failure(clean_host_engine, connection, web):
     spec, _ = web
     with pytest.raises(RolloutFailed) as caught:
-        roll_out(connection, dataclasses.replace(spec, image="127.0.0.1:9/team/app:1"), "r1",
-                 registry_auth=RegistryAuth("deployer", "s3cret-token"))
+        roll_out(
+            connection,
+            dataclasses.replace(spec, image="127.0.0.1:9/team/app:1"),
+            "r1",
+            registry_auth=RegistryAuth("deployer", "s3cret-token"),
+        )
     assert caught.value.step == "ship image" and "s3cret-token" not in str(caught.value)
     assert list_containers(clean_host_engine, service_id="svc-web") == []
 
 
-def test_engine_error_while_starting_new_replicas_rolls_back(clean_host_engine, connection,
-                                                             web_images, local_engine):
-    spec = ServiceSpec(name="worker", image=web_images[0], service_id="svc-worker",
-                       environment_id="env-1", health=HealthCheck.tcp(8080, interval=0.1))
+def test_engine_error_while_starting_new_replicas_rolls_back(
+    clean_host_engine, connection, web_images, local_engine
+):
+    spec = ServiceSpec(
+        name="worker",
+        image=web_images[0],
+        service_id="svc-worker",
+        environment_id="env-1",
+        health=HealthCheck.tcp(8080, interval=0.1),
+    )
     roll_out(connection, spec, "r1", local_engine=local_engine)
     # A network that does not exist: the engine refuses to start the container.
     broken = dataclasses.replace(spec, image=web_images[1], network="no-such-network")
@@ -285,23 +343,29 @@ def test_engine_error_while_starting_new_replicas_rolls_back(clean_host_engine, 
     assert serving(clean_host_engine, "svc-worker") == [("r1", "serving", "running")]
 
 
-@pytest.mark.parametrize(("replicas", "targets", "current", "expected"), [
-    (0, ["a", "b"], None, {"a": 0, "b": 0}),
-    (4, ["a", "b", "c"], None, {"a": 2, "b": 1, "c": 1}),
-    (4, ["a", "b", "c"], {"c": 2}, {"a": 1, "b": 1, "c": 2}),
-    (6, ["a", "b", "c"], None, {"a": 2, "b": 2, "c": 2}),
-    (1, ["a", "b"], {"b": 1}, {"a": 0, "b": 1}),
-])
+@pytest.mark.parametrize(
+    ("replicas", "targets", "current", "expected"),
+    [
+        (0, ["a", "b"], None, {"a": 0, "b": 0}),
+        (4, ["a", "b", "c"], None, {"a": 2, "b": 1, "c": 1}),
+        (4, ["a", "b", "c"], {"c": 2}, {"a": 1, "b": 1, "c": 2}),
+        (6, ["a", "b", "c"], None, {"a": 2, "b": 2, "c": 2}),
+        (1, ["a", "b"], {"b": 1}, {"a": 0, "b": 1}),
+    ],
+)
 def test_spread_replicas(replicas, targets, current, expected):
     assert spread_replicas(replicas, targets, current=current) == expected
 
 
-@pytest.mark.parametrize(("args", "kwargs", "field"), [
-    ((3, ["a", "b"]), {"max_per_target": 1}, "replicas"),
-    ((-1, ["a"]), {}, "replicas"),
-    ((1, []), {}, "targets"),
-    ((1, ["a", "a"]), {}, "targets"),
-])
+@pytest.mark.parametrize(
+    ("args", "kwargs", "field"),
+    [
+        ((3, ["a", "b"]), {"max_per_target": 1}, "replicas"),
+        ((-1, ["a"]), {}, "replicas"),
+        ((1, []), {}, "targets"),
+        ((1, ["a", "a"]), {}, "targets"),
+    ],
+)
 def test_spread_replicas_rejects_impossible_requests(args, kwargs, field):
     with pytest.raises(InvalidSpec) as caught:
         spread_replicas(*args, **kwargs)

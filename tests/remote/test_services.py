@@ -25,10 +25,16 @@ FAST = {"interval": 0.2, "timeout": 2.0, "retries": 5}
 
 
 def web_spec(image_ref, **changes) -> ServiceSpec:
-    spec = ServiceSpec(name="web", image=image_ref, service_id="svc-1", environment_id="env-1",
-                       health=HealthCheck.http("/index.html", 8080, **FAST),
-                       publish_address="127.0.0.1", memory_bytes=64 * 1024 * 1024,
-                       nano_cpus=500_000_000)
+    spec = ServiceSpec(
+        name="web",
+        image=image_ref,
+        service_id="svc-1",
+        environment_id="env-1",
+        health=HealthCheck.http("/index.html", 8080, **FAST),
+        publish_address="127.0.0.1",
+        memory_bytes=64 * 1024 * 1024,
+        nano_cpus=500_000_000,
+    )
     return dataclasses.replace(spec, **changes)
 
 
@@ -82,8 +88,12 @@ def test_container_lifecycle_with_http_health(clean_host_engine, connection, web
     assert wait_healthy(connection, engine, container_id, spec.health).startswith("HTTP/1.")
 
     [info] = list_containers(engine, service_id="svc-1")
-    assert (info.id, info.release_id, info.role, info.state) == (container_id, "r1",
-                                                                 "serving", "running")
+    assert (info.id, info.release_id, info.role, info.state) == (
+        container_id,
+        "r1",
+        "serving",
+        "running",
+    )
     assert list_containers(engine, release_id="r2") == []
     inspected = clean_host_engine.api.inspect_container(container_id)
     labels = inspected["Config"]["Labels"]
@@ -111,15 +121,17 @@ def test_tcp_and_command_health_checks_pass(clean_host_engine, connection, web_i
     spec = web_spec(v1)
     container_id = start_container(engine, spec, "r1")
     wait_healthy(connection, engine, container_id, HealthCheck.tcp(8080, **FAST))
-    wait_healthy(connection, engine, container_id,
-                 HealthCheck.exec("cat", "/www/index.html", **FAST))
+    wait_healthy(
+        connection, engine, container_id, HealthCheck.exec("cat", "/www/index.html", **FAST)
+    )
 
 
 def test_failing_http_health_reports_output_and_logs(clean_host_engine, connection, web_images):
     v1, _ = web_images
     engine = connection.docker()
-    spec = web_spec(v1, command=("sh", "-c", "echo booting on the wrong port; "
-                                              "exec httpd -f -p 9090 -h /www"))
+    spec = web_spec(
+        v1, command=("sh", "-c", "echo booting on the wrong port; exec httpd -f -p 9090 -h /www")
+    )
     container_id = start_container(engine, spec, "r1")
     with pytest.raises(HealthCheckFailed) as caught:
         wait_healthy(connection, engine, container_id, spec.health)
@@ -142,11 +154,16 @@ def test_failing_command_and_tcp_health(clean_host_engine, connection, web_image
     engine = connection.docker()
     container_id = start_container(engine, web_spec(v1), "r1")
     with pytest.raises(HealthCheckFailed):
-        wait_healthy(connection, engine, container_id,
-                     HealthCheck.exec("cat", "/nope", interval=0.1, retries=2))
+        wait_healthy(
+            connection,
+            engine,
+            container_id,
+            HealthCheck.exec("cat", "/nope", interval=0.1, retries=2),
+        )
     with pytest.raises(HealthCheckFailed):
-        wait_healthy(connection, engine, container_id,
-                     HealthCheck.tcp(9999, interval=0.1, retries=2))
+        wait_healthy(
+            connection, engine, container_id, HealthCheck.tcp(9999, interval=0.1, retries=2)
+        )
 
 
 def test_hanging_probe_times_out(clean_host_engine, connection, web_images):
@@ -154,16 +171,24 @@ def test_hanging_probe_times_out(clean_host_engine, connection, web_images):
     engine = connection.docker()
     container_id = start_container(engine, web_spec(v1), "r1")
     with pytest.raises(HealthCheckFailed) as caught:
-        wait_healthy(connection, engine, container_id,
-                     HealthCheck.exec("sleep", "30", timeout=0.5, retries=1))
+        wait_healthy(
+            connection,
+            engine,
+            container_id,
+            HealthCheck.exec("sleep", "30", timeout=0.5, retries=1),
+        )
     assert "timed out" in caught.value.last_output
 
 
 def test_exited_container_fails_at_once(clean_host_engine, connection, web_images):
     v1, _ = web_images
     engine = connection.docker()
-    spec = web_spec(v1, command=("sh", "-c", "echo crashed; exit 7"), restart_policy="no",
-                    health=HealthCheck.tcp(8080, interval=1, retries=100))
+    spec = web_spec(
+        v1,
+        command=("sh", "-c", "echo crashed; exit 7"),
+        restart_policy="no",
+        health=HealthCheck.tcp(8080, interval=1, retries=100),
+    )
     container_id = start_container(engine, spec, "r1")
     clean_host_engine.api.wait(container_id, timeout=10)
     with pytest.raises(HealthCheckFailed) as caught:
@@ -176,8 +201,7 @@ def test_exited_container_fails_at_once(clean_host_engine, connection, web_image
 def test_logs_tail_and_since(clean_host_engine, connection, web_images):
     v1, _ = web_images
     engine = connection.docker()
-    spec = web_spec(v1, command=("sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done; "
-                                              "sleep 60"))
+    spec = web_spec(v1, command=("sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done; sleep 60"))
     container_id = start_container(engine, spec, "r1")
     wait_healthy(connection, engine, container_id, HealthCheck.exec("true", **FAST))
     assert container_logs(engine, container_id, tail=2).split() == ["line4", "line5"]

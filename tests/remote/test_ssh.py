@@ -31,7 +31,7 @@ HOSTILE = [
     "`touch /tmp/pwned`",
     "; touch /tmp/pwned",
     "a && touch /tmp/pwned",
-    "it's \"quoted\"",
+    'it\'s "quoted"',
     "line one\nline two; touch /tmp/pwned",
     "| touch /tmp/pwned",
     "$HOME ${PATH} *",
@@ -52,8 +52,12 @@ def test_changed_host_key_is_refused(sshd, manager_key):
 
 def test_unknown_host_key_type_is_refused(sshd, manager_key):
     # Pinning an ECDSA key where the server only has ed25519: never accepted.
-    ecdsa = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    ecdsa = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
     connection = SSHConnection(sshd.endpoint(ecdsa), manager_key.pkey, connect_timeout=5)
     with pytest.raises(HostKeyMismatch):
         connection.run(["true"])
@@ -88,8 +92,7 @@ def test_wait_for_ssh_gives_up_on_a_silent_listener(manager_key, host_key):
         endpoint = Endpoint("127.0.0.1", silent.getsockname()[1], "root", host_key.public_line)
         started = time.monotonic()
         with pytest.raises(SSHUnreachable):
-            wait_for_ssh(endpoint, manager_key.pkey, timeout=1.5, interval=0.2,
-                         connect_timeout=0.5)
+            wait_for_ssh(endpoint, manager_key.pkey, timeout=1.5, interval=0.2, connect_timeout=0.5)
     assert 1.4 < time.monotonic() - started < 4
 
 

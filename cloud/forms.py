@@ -1,0 +1,118 @@
+"""Portal forms.  They parse what a browser sends into the types the services
+take, and check the shape of names so every field's error shows at once; the
+services own the rules (uniqueness, quota, states) and their ValidationError
+is put back onto the form field it names."""
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from cloud.models import Environment, Flavor, Image, JobState
+from cloud.services.environments import MAX_VMS_PER_REQUEST
+from tenants.models import slug_name
+
+
+def show_service_errors(form: forms.Form, error: ValidationError) -> None:
+    """Put a service's errors next to the fields they name; the rest above the form."""
+    messages = error.message_dict if hasattr(error, "error_dict") else {None: error.messages}
+    for name, field_messages in messages.items():
+        target = name if name in form.fields else None
+        for message in field_messages:
+            form.add_error(target, message)
+
+
+class NameChoiceField(forms.ModelChoiceField):
+    """A catalogue row picked by its name (the services take names)."""
+
+    def __init__(self, queryset, **kwargs):
+        super().__init__(queryset, to_field_name="name", empty_label=None, **kwargs)
+
+    def clean(self, value):
+        row = super().clean(value)
+        return row.name if row is not None else None
+
+
+class CreateEnvironmentForm(forms.Form):
+    name = forms.CharField(
+        max_length=40,
+        validators=[slug_name],
+        help_text="Lowercase letters, digits and inner hyphens, e.g. shop-dev.",
+    )
+    kind = forms.ChoiceField(choices=Environment.Kind.choices)
+    vm_count = forms.IntegerField(
+        label="Number of VMs", min_value=1, max_value=MAX_VMS_PER_REQUEST, initial=1
+    )
+    flavor = NameChoiceField(Flavor.objects.all())
+    image = NameChoiceField(Image.objects.all())
+
+
+class DestroyEnvironmentForm(forms.Form):
+    confirm_name = forms.CharField(label="Type the environment's name to confirm", max_length=40)
+
+    def __init__(self, *args, environment: Environment, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.environment = environment
+
+    def clean_confirm_name(self):
+        typed = self.cleaned_data["confirm_name"]
+        if typed != self.environment.name:
+            raise ValidationError(f"Type {self.environment.name} to destroy this environment.")
+        return typed
+
+
+class SnapshotForm(forms.Form):
+    snapshot = forms.CharField(label="Snapshot name", max_length=40, validators=[slug_name])
+
+
+class ResizeForm(forms.Form):
+    flavor = NameChoiceField(Flavor.objects.all(), label="New flavor")
+
+
+# The form each VM action reads its parameters from (start, stop, reboot take none).
+VM_ACTION_FORMS = {
+    "snapshot": SnapshotForm,
+    "revert": SnapshotForm,
+    "delete_snapshot": SnapshotForm,
+    "resize": ResizeForm,
+}
+
+
+def ports_from_text(text: str) -> list[int]:
+    ports = []
+    for part in text.replace(",", " ").split():
+        if not part.isdigit() or len(part) > 5:
+            raise ValidationError(f"{part!r} is not a port number")
+        ports.append(int(part))
+    return ports
+
+
+class DeployForm(forms.Form):
+    service_name = forms.CharField(label="Service", max_length=40, validators=[slug_name])
+    image = forms.CharField(max_length=255, help_text="An image reference, e.g. nginx:1.27")
+    replicas = forms.IntegerField(min_value=0, max_value=100, initial=1)
+    ports = forms.CharField(
+        required=False, max_length=200, help_text="Container ports to publish, e.g. 80 443"
+    )
+
+    def clean_ports(self):
+        return ports_from_text(self.cleaned_data["ports"])
+
+
+class ScaleForm(forms.Form):
+    replicas = forms.IntegerField(min_value=0, max_value=100)
+
+
+class PromoteForm(forms.Form):
+    target_env = forms.ChoiceField(label="Promote to")
+
+    def __init__(self, *args, targets: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["target_env"].choices = [(name, name) for name in targets]
+
+
+class JobFilterForm(forms.Form):
+    state = forms.ChoiceField(required=False, choices=[("", "any state"), *JobState.choices])
+    kind = forms.ChoiceField(required=False)
+
+    def __init__(self, *args, kinds: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["kind"].choices = [("", "any kind"), *((k, k) for k in kinds)]
