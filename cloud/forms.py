@@ -5,6 +5,7 @@ is put back onto the form field it names."""
 
 from django import forms
 from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 
 from cloud.models import Environment, Flavor, Image, JobState
 from cloud.services.environments import MAX_VMS_PER_REQUEST
@@ -116,3 +117,13 @@ class JobFilterForm(forms.Form):
     def __init__(self, *args, kinds: list[str], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["kind"].choices = [("", "any kind"), *((k, k) for k in kinds)]
+
+
+class TokenForm(forms.Form):
+    name = forms.CharField(
+        max_length=60,
+        help_text="What it is for, e.g. “CI deploys”.",
+        validators=[
+            RegexValidator(r"^[\w .,:()/-]{1,60}$", "Letters, digits, spaces and .,:()/- only.")
+        ],
+    )

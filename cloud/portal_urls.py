@@ -4,7 +4,7 @@ says which team it is about and works for anyone in that team."""
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
-from cloud.views import audit, dashboard, environments, jobs, vms
+from cloud.views import audit, dashboard, environments, jobs, tokens, vms
 
 app_name = "portal"
 
@@ -39,5 +39,7 @@ urlpatterns = [
         name="login",
     ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("tokens/", tokens.token_list, name="tokens"),
+    path("tokens/<int:token_id>/revoke/", tokens.token_revoke, name="token-revoke"),
     path("t/<slug:team>/", include(team_urls)),
 ]

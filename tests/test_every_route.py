@@ -10,7 +10,7 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from cloud.models import Container, Environment, Job, VirtualMachine
-from tenants.models import Membership
+from tenants.models import ApiToken, Membership
 from tests.foundation.factories import team_world
 
 pytestmark = pytest.mark.django_db
@@ -50,6 +50,7 @@ def world(make_team):
         "vm": VirtualMachine.objects.get(environment=env),
         "job": Job.objects.get(environment=env),
         "container": Container.objects.get(),
+        "token": ApiToken.issue(admin, "walk")[0],
     }
 
 
@@ -62,6 +63,7 @@ def fill(name, regex, world, team):
         "vm_id": world["vm"].pk,
         "job_id": world["job"].pk,
         "service_name": "web",
+        "token_id": world["token"].pk,
         "action": "scale" if "service" in name else "reboot",
     }
     if "pk" in regex.groupindex:
