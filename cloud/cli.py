@@ -13,6 +13,8 @@ import time
 
 import requests
 
+from cloud.healthspec import parse_health
+
 FINISHED = {"succeeded", "failed", "cancelled"}
 BAR_WIDTH = 30
 
@@ -155,19 +157,11 @@ def cmd_env_destroy(client, args):
     return job_started(client, client.request("DELETE", env["url"]), args)
 
 
-def parse_health(text: str | None) -> dict:
-    """``http:/path:PORT``, ``tcp:PORT`` or ``cmd:ARG,ARG`` as the API's healthcheck."""
-    if not text:
-        return {}
-    kind, _, rest = text.partition(":")
-    if kind == "http":
-        path, _, port = rest.rpartition(":")
-        return {"type": "http", "path": path or "/", "port": int(port) if port.isdigit() else port}
-    if kind == "tcp":
-        return {"type": "tcp", "port": int(rest) if rest.isdigit() else rest}
-    if kind == "cmd":
-        return {"type": "command", "command": rest.split(",")}
-    raise ApiError("--health must be http:/path:PORT, tcp:PORT or cmd:ARG,ARG")
+def health_or_usage_error(text: str | None) -> dict:
+    try:
+        return parse_health(text)
+    except ValueError as exc:
+        raise ApiError(f"--health: {exc}") from exc
 
 
 def env_operation(client, args, operation: str, body: dict) -> int:
@@ -183,7 +177,7 @@ def cmd_deploy(client, args):
         "replicas": args.replicas,
         "ports": args.port,
         "env": env_vars,
-        "healthcheck": parse_health(args.health),
+        "healthcheck": health_or_usage_error(args.health),
     }
     if args.command:
         body["command"] = args.command

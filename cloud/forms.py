@@ -7,6 +7,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 
+from cloud.healthspec import parse_health
 from cloud.models import Environment, Flavor, Image, JobState
 from cloud.services.environments import MAX_VMS_PER_REQUEST
 from tenants.models import slug_name
@@ -94,8 +95,21 @@ class DeployForm(forms.Form):
         required=False, max_length=200, help_text="Container ports to publish, e.g. 80 443"
     )
 
+    healthcheck = forms.CharField(
+        label="Health check",
+        required=False,
+        max_length=200,
+        help_text="http:/path:PORT, tcp:PORT or cmd:ARG,ARG; empty: running is healthy",
+    )
+
     def clean_ports(self):
         return ports_from_text(self.cleaned_data["ports"])
+
+    def clean_healthcheck(self):
+        try:
+            return parse_health(self.cleaned_data["healthcheck"])
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc
 
 
 class ScaleForm(forms.Form):
