@@ -4,16 +4,20 @@ VENV ?= .venv
 PYTHON ?= python3.11
 STAMP := $(VENV)/.installed
 
-.PHONY: run test system venv lint bench clean-venv
+.PHONY: run test system system-with-browser venv lint bench clean-venv
 
 run: system venv
 	scripts/run.sh
 
-test: system venv
+test: system-with-browser venv
 	scripts/test.sh $(PYTEST_ARGS)
 
 system:
 	scripts/install-system.sh
+
+# The browser tests drive Debian's Chromium.
+system-with-browser:
+	STRATA_WITH_BROWSER=1 scripts/install-system.sh
 
 venv: $(STAMP)
 
