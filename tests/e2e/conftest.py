@@ -202,3 +202,33 @@ def booted_vm(e2e_hypervisor, guest_image, base_image_name, manager_key):
         yield provision_vm(e2e_hypervisor, guest_image, base_image_name, manager_key, name, vm_uuid)
     finally:
         e2e_hypervisor.destroy(name, vm_uuid)
+
+
+@pytest.fixture
+def strata_host(make_team):
+    """This machine registered as a host, the built Debian image and a small flavor."""
+    from django.conf import settings
+
+    from cloud.models import Flavor, Image
+    from cloud.services.hosts import register_host
+    from cloud.services.images import built_image_fields
+    from workers.images import build_debian_image
+
+    built = build_debian_image(settings.STRATA_DATA_DIR)
+    Image.objects.create(name="debian-12", **built_image_fields(built))
+    Flavor.objects.create(name="small", vcpus=1, memory_mb=1024, disk_gb=4)
+    host, _ = register_host(f"e2e-{uuid.uuid4().hex[:6]}", LIBVIRT_URI, virt_type="qemu")
+    return host
+
+
+@pytest.fixture
+def web_images():
+    """Two busybox httpd images in the host's engine (v2 = v1 + one small layer)."""
+    import docker
+
+    from tests.remote.servers import build_web_images, remove_web_images
+
+    engine = docker.from_env()
+    tags = build_web_images(engine)
+    yield tags
+    remove_web_images(engine, tags)

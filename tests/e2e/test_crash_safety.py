@@ -9,16 +9,13 @@ the guest fully and must succeed with exactly one domain.
 
 import subprocess
 import time
-import uuid
 
 import pytest
 from django.conf import settings
 
-from cloud.models import Flavor, Image, Job, PortForward, VirtualMachine
+from cloud.models import Job, PortForward, VirtualMachine
 from cloud.services import environments
-from cloud.services.hosts import register_host
 from workers.hypervisor import Hypervisor
-from workers.images import build_debian_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -27,25 +24,9 @@ FAST_REDELIVERY = {"STRATA_VISIBILITY_TIMEOUT": "3", "STRATA_UNACKED_RESTORE_SEC
 
 
 @pytest.fixture
-def world(make_team, tmp_path):
-    built = build_debian_image(settings.STRATA_DATA_DIR)
-    Image.objects.create(
-        name="debian-12",
-        os=built.os,
-        format="qcow2",
-        sha256=built.sha256,
-        path=str(built.disk_path),
-        kernel_path=str(built.kernel_path),
-        initrd_path=str(built.initrd_path),
-        kernel_cmdline=built.kernel_cmdline,
-        virtual_size_bytes=built.virtual_size_bytes,
-        size_bytes=built.size_bytes,
-        source="built",
-    )
-    Flavor.objects.create(name="small", vcpus=1, memory_mb=1024, disk_gb=4)
-    host, _ = register_host(f"crash-{uuid.uuid4().hex[:6]}", "qemu:///system", virt_type="qemu")
+def world(strata_host, make_team, tmp_path):
     team, user = make_team("crash", "admin")
-    return host, team, user, tmp_path
+    return strata_host, team, user, tmp_path
 
 
 def start_worker(worker_factory, host, control, **env):

@@ -10,18 +10,13 @@ nothing is left in libvirt, the data directory or the host's Docker.
 
 import time
 import urllib.request
-import uuid
 
-import docker
 import pytest
 from django.conf import settings
 
-from cloud.models import Deployment, Image, Job, PortForward, Release, VirtualMachine
+from cloud.models import Deployment, Job, PortForward, Release, VirtualMachine
 from cloud.services import deployments, environments
-from cloud.services.hosts import register_host
-from tests.remote.servers import build_web_images, remove_web_images
 from workers.hypervisor import Hypervisor
-from workers.images import build_debian_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -55,38 +50,8 @@ def http_get(port):
         return response.read().decode().strip()
 
 
-@pytest.fixture
-def image():
-    built = build_debian_image(settings.STRATA_DATA_DIR)
-    return Image.objects.create(
-        name="debian-12",
-        os=built.os,
-        format="qcow2",
-        sha256=built.sha256,
-        path=str(built.disk_path),
-        kernel_path=str(built.kernel_path),
-        initrd_path=str(built.initrd_path),
-        kernel_cmdline=built.kernel_cmdline,
-        virtual_size_bytes=built.virtual_size_bytes,
-        size_bytes=built.size_bytes,
-        source="built",
-    )
-
-
-@pytest.fixture
-def web_images():
-    engine = docker.from_env()
-    tags = build_web_images(engine)
-    yield tags
-    remove_web_images(engine, tags)
-
-
-def test_environment_lifecycle(make_team, worker_factory, image, web_images):
-    from cloud.models import Flavor
-
-    host, _ = register_host(f"e2e-{uuid.uuid4().hex[:6]}", "qemu:///system", virt_type="qemu")
-    Flavor.objects.create(name="small", vcpus=1, memory_mb=1024, disk_gb=4)
-    worker_factory(f"strata,{host.queue}")
+def test_environment_lifecycle(make_team, worker_factory, strata_host, web_images):
+    worker_factory(f"strata,{strata_host.queue}")
     team, user = make_team("e2e", "admin")
     v1, v2 = web_images
     made_uuids = []

@@ -5,45 +5,21 @@ real TCG guest and rolls the service out inside it."""
 
 import json
 import time
-import uuid
 
-import docker
 import pytest
-from django.conf import settings
 
-from cloud.models import Environment, Flavor, Image, Job
+from cloud.models import Environment, Job
 from cloud.services import environments
-from cloud.services.hosts import register_host
 from tests.portal.test_browser import Browser, portal_server  # noqa: F401 - fixture
-from tests.remote.servers import build_web_images, remove_web_images
-from workers.images import build_debian_image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
-def system(make_team, worker_factory):
-    built = build_debian_image(settings.STRATA_DATA_DIR)
-    Image.objects.create(
-        name="debian-12",
-        os=built.os,
-        format="qcow2",
-        sha256=built.sha256,
-        path=str(built.disk_path),
-        kernel_path=str(built.kernel_path),
-        initrd_path=str(built.initrd_path),
-        kernel_cmdline=built.kernel_cmdline,
-        virtual_size_bytes=built.virtual_size_bytes,
-        size_bytes=built.size_bytes,
-        source="built",
-    )
-    Flavor.objects.create(name="small", vcpus=1, memory_mb=1024, disk_gb=4)
-    host, _ = register_host(f"portal-{uuid.uuid4().hex[:6]}", "qemu:///system", virt_type="qemu")
-    worker_factory(f"strata,{host.queue}")
+def system(make_team, worker_factory, strata_host, web_images):
+    worker_factory(f"strata,{strata_host.queue}")
     team, user = make_team("e2e", "admin", username="dana")
-    engine = docker.from_env()
-    images = build_web_images(engine)
-    yield team, user, images[0]
+    yield team, user, web_images[0]
     for env in Environment.objects.filter(team=team):
         job = environments.destroy_environment(
             user=user, team=team, env_id=env.pk, queue_if_busy=True
@@ -51,7 +27,6 @@ def system(make_team, worker_factory):
         deadline = time.monotonic() + 300
         while not Job.objects.get(pk=job.pk).is_finished and time.monotonic() < deadline:
             time.sleep(1)
-    remove_web_images(engine, images)
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from cloud.models import Image
-from workers.images import BuiltImage, DebianRecipe, ImageError, build_debian_image
+from cloud.services.images import built_image_fields
+from workers.images import DebianRecipe, ImageError, build_debian_image
 
 RECIPES = {"debian-12": DebianRecipe()}
 
@@ -34,7 +35,9 @@ class Command(BaseCommand):
             )
         except ImageError as error:
             raise CommandError(f"building {name} failed: {error}") from error
-        image, created = Image.objects.update_or_create(name=name, defaults=image_fields(built))
+        image, created = Image.objects.update_or_create(
+            name=name, defaults=built_image_fields(built)
+        )
         self.stdout.write(
             f"image {image.name}: {'registered' if created else 'updated'}"
             f"{' (cached build)' if built.from_cache else ''}, {image.path}, "
@@ -57,18 +60,3 @@ class Command(BaseCommand):
             last_percent = percent
 
         return show
-
-
-def image_fields(built: BuiltImage) -> dict:
-    return {
-        "os": built.os,
-        "format": built.format,
-        "sha256": built.sha256,
-        "path": str(built.disk_path),
-        "kernel_path": str(built.kernel_path),
-        "initrd_path": str(built.initrd_path),
-        "kernel_cmdline": built.kernel_cmdline,
-        "virtual_size_bytes": built.virtual_size_bytes,
-        "size_bytes": built.size_bytes,
-        "source": Image.Source.BUILT,
-    }
