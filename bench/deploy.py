@@ -68,8 +68,14 @@ class Targets:
             for index in range(count):
                 daemon = Dockerd()
                 self.daemons.append(daemon)
-                self.servers.append(Sshd(workdir / f"sshd{index}", self.host_key,
-                                         self.manager_key, docker_host=daemon.url))
+                self.servers.append(
+                    Sshd(
+                        workdir / f"sshd{index}",
+                        self.host_key,
+                        self.manager_key,
+                        docker_host=daemon.url,
+                    )
+                )
         except Exception:
             self.stop()
             raise
@@ -82,12 +88,15 @@ class Targets:
         identity.write_text(self.manager_key.private_pem)
         identity.chmod(0o600)
         known_hosts = workdir / "known_hosts"
-        known_hosts.write_text("".join(f"[127.0.0.1]:{s.port} {self.host_key.public_line}\n"
-                                       for s in self.servers))
+        known_hosts.write_text(
+            "".join(f"[127.0.0.1]:{s.port} {self.host_key.public_line}\n" for s in self.servers)
+        )
         config = workdir / "ssh_config"
-        config.write_text(f"Host *\n  IdentityFile {identity}\n  IdentitiesOnly yes\n"
-                          f"  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n"
-                          f"  BatchMode yes\n")
+        config.write_text(
+            f"Host *\n  IdentityFile {identity}\n  IdentitiesOnly yes\n"
+            f"  UserKnownHostsFile {known_hosts}\n  StrictHostKeyChecking yes\n"
+            f"  BatchMode yes\n"
+        )
         bin_dir = workdir / "bin"
         bin_dir.mkdir(exist_ok=True)
         wrapper = bin_dir / "ssh"
@@ -110,13 +119,19 @@ class Targets:
 
 
 def web_spec(image: str) -> ServiceSpec:
-    return ServiceSpec(name="web", image=image, service_id="bench-web",
-                       environment_id="bench", network="none",
-                       health=HealthCheck.http("/", 8080, interval=0.05, retries=100))
+    return ServiceSpec(
+        name="web",
+        image=image,
+        service_id="bench-web",
+        environment_id="bench",
+        network="none",
+        health=HealthCheck.http("/", 8080, interval=0.05, retries=100),
+    )
 
 
-def strata_deploy(pool: ConnectionPool, targets: Targets, local, image: str,
-                  release: str, parallel: bool = True) -> None:
+def strata_deploy(
+    pool: ConnectionPool, targets: Targets, local, image: str, release: str, parallel: bool = True
+) -> None:
     endpoints = [server.endpoint() for server in targets.servers]
 
     def deploy(endpoint):
@@ -130,8 +145,9 @@ def cli_deploy(targets: Targets, image: str, release: str, previous: str | None)
     env = targets.cli_env
 
     def docker_cli(host: str, *args: str, check: bool = True):
-        return subprocess.run(["docker", "-H", host, *args], env=env, check=check,
-                              capture_output=True)
+        return subprocess.run(
+            ["docker", "-H", host, *args], env=env, check=check, capture_output=True
+        )
 
     def wait_answering(host: str, name: str):
         for _ in range(100):
@@ -140,13 +156,25 @@ def cli_deploy(targets: Targets, image: str, release: str, previous: str | None)
             time.sleep(0.05)
         raise RuntimeError(f"{name} never answered")
 
-    run_args = ["run", "-d", "--init", "--network", "none", "--label",
-                "io.strata.service-id=bench-web"]
+    run_args = [
+        "run",
+        "-d",
+        "--init",
+        "--network",
+        "none",
+        "--label",
+        "io.strata.service-id=bench-web",
+    ]
     for server in targets.servers:
         host = f"ssh://root@127.0.0.1:{server.port}"
         save = subprocess.Popen(["docker", "save", image], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "-H", host, "load", "-q"], stdin=save.stdout, env=env,
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["docker", "-H", host, "load", "-q"],
+            stdin=save.stdout,
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         save.wait()
         candidate = f"web-{release}-candidate"
         docker_cli(host, *run_args, "--name", candidate, image)
@@ -212,10 +240,10 @@ def bench_targets(count: int, local, v1: str, v2: str, repeat: int, workdir: Pat
                     targets.reset()
                     if method.startswith("strata"):
                         parallel = method == "strata"
-                        cold.append(timed(strata_deploy, pool, targets, local, v1, "r1",
-                                          parallel))
-                        seconds, busy = timed_with_cpu(strata_deploy, pool, targets, local,
-                                                       v2, "r2", parallel)
+                        cold.append(timed(strata_deploy, pool, targets, local, v1, "r1", parallel))
+                        seconds, busy = timed_with_cpu(
+                            strata_deploy, pool, targets, local, v2, "r2", parallel
+                        )
                         update.append(seconds)
                         cpu_busy[method] = busy
                     else:
@@ -244,29 +272,40 @@ def main() -> int:
         for count in TARGET_COUNTS:
             with tempfile.TemporaryDirectory(prefix="strata-bench") as workdir:
                 rows[count], busy[count], overhead = bench_targets(
-                    count, local, v1, v2, args.repeat, Path(workdir))
+                    count, local, v1, v2, args.repeat, Path(workdir)
+                )
     finally:
         remove_web_images(local, (v1, v2))
         local.close()
 
-    print(f"\nper-command overhead on a reused SSH connection: `true` {overhead[0]:.1f} ms, "
-          f"Docker API ping {overhead[1]:.1f} ms (median of 50)\n")
+    print(
+        f"\nper-command overhead on a reused SSH connection: `true` {overhead[0]:.1f} ms, "
+        f"Docker API ping {overhead[1]:.1f} ms (median of 50)\n"
+    )
     print("seconds per deploy (best of --repeat); strata-seq = Strata one target at a time\n")
-    print(f"{'targets':>7} | {'scenario':>8} | {'strata':>7} | {'strata-seq':>10} | "
-          f"{'cli loop':>8} | {'cli/strata':>10}")
+    print(
+        f"{'targets':>7} | {'scenario':>8} | {'strata':>7} | {'strata-seq':>10} | "
+        f"{'cli loop':>8} | {'cli/strata':>10}"
+    )
     for count, cells in rows.items():
         for index, scenario in enumerate(("cold", "update")):
             strata, sequential, cli = (cells[m][index] for m in ("strata", "strata-seq", "cli"))
-            print(f"{count:>7} | {scenario:>8} | {strata:>7.2f} | {sequential:>10.2f} | "
-                  f"{cli:>8.2f} | {cli / strata:>9.1f}x")
+            print(
+                f"{count:>7} | {scenario:>8} | {strata:>7.2f} | {sequential:>10.2f} | "
+                f"{cli:>8.2f} | {cli / strata:>9.1f}x"
+            )
     one, four = rows[1]["strata"], rows[4]["strata"]
-    print(f"\nstrata 4 targets / 1 target: cold {four[0] / one[0]:.2f}x, "
-          f"update {four[1] / one[1]:.2f}x")
+    print(
+        f"\nstrata 4 targets / 1 target: cold {four[0] / one[0]:.2f}x, "
+        f"update {four[1] / one[1]:.2f}x"
+    )
     # All targets share this host's CPUs: once they are saturated, more
     # targets cost more time however parallel the manager is.
-    print("host CPUs busy during the last strata update: " + ", ".join(
-        f"{count} target(s) {share:.0%}" for count, share in busy.items())
-        + f" ({os.cpu_count()} CPUs)")
+    print(
+        "host CPUs busy during the last strata update: "
+        + ", ".join(f"{count} target(s) {share:.0%}" for count, share in busy.items())
+        + f" ({os.cpu_count()} CPUs)"
+    )
     return 0
 
 

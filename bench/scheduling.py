@@ -24,14 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-BENCH_DB = "strata_bench"
 
-
-def table(title, header, rows):
-    print(f"\n{title}")
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
-    for row in [header, *rows]:
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=True)))
+from bench.common import percentile, setup_database, table  # noqa: E402 - needs the path
 
 
 def make_hosts(n, seed=1):
@@ -105,23 +99,6 @@ def bench_scheduler():
     )
 
 
-def setup_database():
-    import psycopg
-
-    admin = os.environ["BENCH_ADMIN_URL"]
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB}")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    os.environ["DATABASE_URL"] = admin.rsplit("/", 1)[0] + "/" + BENCH_DB
-    import django
-
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "cloud.settings")
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-
-
 def start_workers(queue, count=2, include="bench.plans"):
     procs = []
     for i in range(count):
@@ -161,11 +138,6 @@ def wait_until(predicate, timeout):
             return True
         time.sleep(0.05)
     return False
-
-
-def percentile(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def bench_jobs(n=1000):
@@ -232,5 +204,5 @@ def bench_jobs(n=1000):
 
 if __name__ == "__main__":
     bench_scheduler()
-    setup_database()
+    setup_database("strata_bench")
     bench_jobs()
