@@ -171,12 +171,14 @@ def env_operation(client, args, operation: str, body: dict) -> int:
 
 def cmd_deploy(client, args):
     env_vars = dict(item.partition("=")[::2] for item in args.env_var)
+    secret_env = dict(item.partition("=")[::2] for item in args.secret_env)
     body = {
         "service_name": args.service,
         "image": args.image,
         "replicas": args.replicas,
         "ports": args.port,
         "env": env_vars,
+        "secret_env": secret_env,
         "healthcheck": health_or_usage_error(args.health),
     }
     if args.command:
@@ -197,6 +199,28 @@ def cmd_scale(client, args):
 
 def cmd_rollback(client, args):
     return env_operation(client, args, "rollback", {"service_name": args.service})
+
+
+def cmd_secret_set(client, args):
+    # From stdin, never the command line: argv lands in shell history and `ps`.
+    value = sys.stdin.read().rstrip("\n")
+    body = {"name": args.name, "value": value}
+    client.request("POST", client.team_path("secrets/"), json=body)
+    print(f"secret {args.name} set")
+    return 0
+
+
+def cmd_secret_list(client, args):
+    print_table(
+        client.request("GET", client.team_path("secrets/"))["results"], ["name", "created_at"]
+    )
+    return 0
+
+
+def cmd_secret_rm(client, args):
+    client.request("DELETE", client.team_path(f"secrets/{args.name}/"))
+    print(f"secret {args.name} removed")
+    return 0
 
 
 def cmd_jobs_list(client, args):
@@ -248,6 +272,13 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("--replicas", type=int, default=1)
     deploy.add_argument("--port", type=int, action="append", default=[], help="publish a port")
     deploy.add_argument("--env", dest="env_var", action="append", default=[], metavar="NAME=VALUE")
+    deploy.add_argument(
+        "--secret-env",
+        action="append",
+        default=[],
+        metavar="NAME=SECRET",
+        help="set NAME from the team's secret SECRET",
+    )
     deploy.add_argument("--health", help="http:/path:PORT, tcp:PORT or cmd:ARG,ARG")
     deploy.add_argument("--command", nargs="+", help="the container's command")
     deploy.set_defaults(run=cmd_deploy)
@@ -267,6 +298,17 @@ def parser() -> argparse.ArgumentParser:
     rollback.set_defaults(run=cmd_rollback)
     for operation in (deploy, promote, scale, rollback):
         operation.add_argument("--wait", action="store_true", help="watch the job until it ends")
+
+    secret = groups.add_parser("secret", help="the team's secrets").add_subparsers(
+        dest="command", required=True
+    )
+    secret_set = secret.add_parser("set", help="set NAME to the text on standard input")
+    secret_set.add_argument("name")
+    secret_set.set_defaults(run=cmd_secret_set)
+    secret.add_parser("list").set_defaults(run=cmd_secret_list)
+    secret_rm = secret.add_parser("rm")
+    secret_rm.add_argument("name")
+    secret_rm.set_defaults(run=cmd_secret_rm)
 
     jobs = groups.add_parser("jobs", help="jobs").add_subparsers(dest="command", required=True)
     jobs_list = jobs.add_parser("list")

@@ -64,6 +64,7 @@ def fill(name, regex, world, team):
         "job_id": world["job"].pk,
         "service_name": "web",
         "token_id": world["token"].pk,
+        "name": "token",  # the secret team_world makes
         "action": "scale" if "service" in name else "reboot",
     }
     if "pk" in regex.groupindex:

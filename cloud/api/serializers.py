@@ -1,7 +1,16 @@
 from django.urls import reverse
 from rest_framework import serializers
 
-from cloud.models import Environment, Flavor, Image, Job, JobStep, Service, VirtualMachine
+from cloud.models import (
+    Environment,
+    Flavor,
+    Image,
+    Job,
+    JobStep,
+    Secret,
+    Service,
+    VirtualMachine,
+)
 from tenants.models import AuditEvent, Team
 
 
@@ -172,6 +181,7 @@ class DeploySerializer(serializers.Serializer):
     replicas = serializers.IntegerField(default=1, min_value=-(2**31), max_value=2**31)
     command = serializers.JSONField(default=list)
     env = serializers.JSONField(default=dict)
+    secret_env = serializers.JSONField(default=dict)
     ports = serializers.JSONField(default=list)
     cpu_limit = serializers.FloatField(default=1.0)
     memory_limit_mb = serializers.IntegerField(default=256, min_value=-(2**31), max_value=2**31)
@@ -259,3 +269,16 @@ class StatsSerializer(serializers.Serializer):
     cpu_percent = serializers.FloatField()
     memory_bytes = serializers.IntegerField()
     memory_limit_bytes = serializers.IntegerField()
+
+
+class SecretSerializer(serializers.ModelSerializer):
+    """Names only: a secret's value is written, never read back."""
+
+    class Meta:
+        model = Secret
+        fields = ["name", "created_at"]
+
+
+class SecretWriteSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    value = serializers.CharField(max_length=200_000, trim_whitespace=False)

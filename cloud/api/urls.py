@@ -12,6 +12,7 @@ team_router.register("environments", views.EnvironmentViewSet, basename="environ
 team_router.register("vms", views.VirtualMachineViewSet, basename="vm")
 team_router.register("jobs", views.JobViewSet, basename="job")
 team_router.register("containers", views.ContainerViewSet, basename="container")
+team_router.register("secrets", views.SecretViewSet, basename="secret")
 
 urlpatterns = [
     path("v1/teams/", views.TeamList.as_view(), name="team-list"),

@@ -19,10 +19,11 @@ from cloud.models import (
     Image,
     Job,
     PortForward,
+    Secret,
     Service,
     VirtualMachine,
 )
-from cloud.services import containers, deployments, environments, jobs
+from cloud.services import containers, deployments, environments, jobs, secrets
 from cloud.services.access import require_read, require_role
 from tenants.models import AuditEvent, Membership, Role, Team
 
@@ -259,3 +260,29 @@ class ContainerViewSet(TeamScopedMixin, mixins.RetrieveModelMixin, viewsets.Gene
             return read(user=self.request.user, team=self.get_team(), container_id=pk, **params)
         except containers.Unavailable as exc:
             raise ServiceUnavailable(str(exc)) from exc
+
+
+class SecretViewSet(TeamScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """The team's secrets by name; PUT-like create replaces a value, DELETE removes."""
+
+    serializer_class = serializers.SecretSerializer
+    lookup_field = "name"
+    lookup_value_regex = "[^/]+"
+
+    def get_queryset(self):
+        return self.scoped(Secret).order_by("name")
+
+    @extend_schema(
+        request=serializers.SecretWriteSerializer, responses={201: serializers.SecretSerializer}
+    )
+    def create(self, request, team):
+        params = serializers.SecretWriteSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        secret = secrets.set_secret(
+            user=request.user, team=self.get_team(), **params.validated_data
+        )
+        return Response(self.get_serializer(secret).data, status=status.HTTP_201_CREATED)
+
+    def destroy(self, request, team, name):
+        secrets.delete_secret(user=request.user, team=self.get_team(), name=name)
+        return Response(status=status.HTTP_204_NO_CONTENT)

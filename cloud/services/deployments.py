@@ -18,6 +18,7 @@ from cloud.models import (
     Environment,
     Job,
     Release,
+    Secret,
     Service,
     VirtualMachine,
     VMState,
@@ -36,20 +37,6 @@ NEXT_KIND = {"dev": "staging", "staging": "prod"}
 MAX_PORTS = 10
 HEALTH_KINDS = ("http", "tcp", "command")
 
-# The parts of a service that a release freezes (replicas are not: scaling
-# runs the same release on more or fewer containers).
-SPEC_FIELDS = (
-    "image",
-    "command",
-    "env",
-    "ports",
-    "volumes",
-    "cpu_limit",
-    "memory_limit_mb",
-    "restart_policy",
-    "healthcheck",
-)
-
 
 def _port(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
@@ -59,7 +46,7 @@ def _number(value, low, high) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
 
 
-def validate_spec(spec: dict) -> dict:
+def validate_spec(spec: dict, team) -> dict:
     """The service spec, checked field by field; ValidationError names each bad field."""
     errors: dict[str, list[str]] = {}
 
@@ -74,6 +61,20 @@ def validate_spec(spec: dict) -> dict:
         isinstance(a, str) and "\0" not in a for a in command
     ):
         bad("command", "must be a list of strings")
+    secret_env = spec.get("secret_env", {})
+    if not isinstance(secret_env, dict) or not all(
+        isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str)
+        for k, v in secret_env.items()
+    ):
+        bad("secret_env", "must map NAMES to the names of the team's secrets")
+    else:
+        known = set(
+            Secret.objects.for_team(team)
+            .filter(name__in=secret_env.values())
+            .values_list("name", flat=True)
+        )
+        for name in sorted(set(secret_env.values()) - known):
+            bad("secret_env", f"the team has no secret named {name!r}")
     env = spec.get("env", {})
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) and "\0" not in v
@@ -121,6 +122,8 @@ def validate_spec(spec: dict) -> dict:
         "image": image,
         "command": command,
         "env": env,
+        # Names only: the values are read from the encrypted secrets at deploy time.
+        "secret_env": secret_env,
         "ports": ports,
         "volumes": [],
         "cpu_limit": float(spec.get("cpu_limit", 1.0)),
@@ -226,7 +229,7 @@ def deploy(*, user, team, env_id, service_name, replicas=1, queue_if_busy=False,
         slug_name(service_name if isinstance(service_name, str) else "")
     except ValidationError as exc:
         raise ValidationError({"service_name": exc.messages}) from exc
-    clean = validate_spec(spec)
+    clean = validate_spec(spec, team)
     replicas = _validate_replicas(replicas)
     with transaction.atomic():
         service, _ = Service.objects.update_or_create(

@@ -110,3 +110,29 @@ def test_deploy_scale_and_bad_health(strata):
     premature = strata("scale", "web", "site", "3")
     assert premature.returncode == 2 and "no successful release" in premature.stderr
     assert Flavor.objects.exists() and Image.objects.exists()
+
+
+def test_secrets_from_stdin(live_server, make_team, catalogue):
+    team, user = make_team("gamma")
+    _, key = ApiToken.issue(user, "cli")
+    env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
+    env.pop("STRATA_TEAM", None)
+
+    def run(*args, stdin=""):
+        return subprocess.run(
+            [sys.executable, "-m", "cloud.cli", *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert run("secret", "set", "db-password", stdin="hunter2\n").returncode == 0
+    from cloud.models import Secret
+
+    assert Secret.objects.get(team=team, name="db-password").value == "hunter2"
+    listed = run("secret", "list")
+    assert "db-password" in listed.stdout and "hunter2" not in listed.stdout
+    assert run("secret", "rm", "db-password").returncode == 0
+    assert run("secret", "rm", "db-password").returncode == 2

@@ -88,8 +88,9 @@ def engine_client(ssh: SSHConnection, timeout: float | None = None) -> docker.Do
     timeout = ssh.command_timeout if timeout is None else timeout
     # A fixed version skips the SDK's version probe; "tcp://localhost:2375" is a
     # placeholder that is unmounted right away.
-    api = docker.APIClient(base_url="tcp://localhost:2375", version=ENGINE_API_VERSION,
-                           timeout=timeout)
+    api = docker.APIClient(
+        base_url="tcp://localhost:2375", version=ENGINE_API_VERSION, timeout=timeout
+    )
     api._unmount("http://", "https://")
     adapter = DialStdioAdapter(ssh, timeout)
     api.mount(_BASE_URL, adapter)

@@ -73,8 +73,13 @@ class HealthCheckFailed(RemoteError):
 class RolloutFailed(RemoteError):
     """A rollout stopped at ``step``; ``serving_release`` is what serves now."""
 
-    def __init__(self, step: str, reason: str, serving_release: str | None,
-                 health: HealthCheckFailed | None = None):
+    def __init__(
+        self,
+        step: str,
+        reason: str,
+        serving_release: str | None,
+        health: HealthCheckFailed | None = None,
+    ):
         self.step = step
         self.reason = reason
         self.serving_release = serving_release

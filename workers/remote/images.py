@@ -66,12 +66,16 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     return chains
 
 
-def pull_image(engine: docker.DockerClient, repository: str, tag: str,
-               auth: RegistryAuth | None = None) -> str:
+def pull_image(
+    engine: docker.DockerClient, repository: str, tag: str, auth: RegistryAuth | None = None
+) -> str:
     """Pull ``repository:tag`` into the engine; returns the image ID."""
     try:
         progress = engine.api.pull(
-            repository, tag=tag, stream=True, decode=True,
+            repository,
+            tag=tag,
+            stream=True,
+            decode=True,
             auth_config=auth.as_auth_config() if auth else None,
         )
         for message in progress:
@@ -138,8 +142,7 @@ def _read_layer_paths(local: docker.DockerClient, image_id: str) -> list[str]:
     raise ImageShipFailed(f"docker save of {image_id} has no manifest.json")
 
 
-def push_image(local: docker.DockerClient, remote: docker.DockerClient, image: str
-               ) -> PushResult:
+def push_image(local: docker.DockerClient, remote: docker.DockerClient, image: str) -> PushResult:
     """Send ``image`` (a tag known to ``local``) to ``remote``, skipping held layers.
 
     Returns the bytes of the tar stream sent (0 when the remote already had
@@ -160,10 +163,12 @@ def push_image(local: docker.DockerClient, remote: docker.DockerClient, image: s
     held = remote_chain_ids(remote)
     layer_paths = _layer_paths.get(local, image_id)
     if len(layer_paths) != len(diff_ids):
-        raise ImageShipFailed(f"{image}: manifest lists {len(layer_paths)} layers, "
-                              f"config {len(diff_ids)}")
-    skip = {path for path, chain in zip(layer_paths, chain_ids(diff_ids), strict=True)
-            if chain in held}
+        raise ImageShipFailed(
+            f"{image}: manifest lists {len(layer_paths)} layers, config {len(diff_ids)}"
+        )
+    skip = {
+        path for path, chain in zip(layer_paths, chain_ids(diff_ids), strict=True) if chain in held
+    }
     sent = _ByteCounter(_without_layers(local.api.get_image(image), skip))
     try:
         for message in remote.api.load_image(sent, quiet=True):
@@ -173,8 +178,9 @@ def push_image(local: docker.DockerClient, remote: docker.DockerClient, image: s
         raise ImageShipFailed(f"load {image}: {exc.explanation}") from None
     if not _has_image(remote, image_id):
         raise ImageShipFailed(f"load {image}: the target does not hold {image_id} afterwards")
-    logger.info("pushed %s: %d bytes, %d of %d layers skipped",
-                image, sent.count, len(skip), len(diff_ids))
+    logger.info(
+        "pushed %s: %d bytes, %d of %d layers skipped", image, sent.count, len(skip), len(diff_ids)
+    )
     return PushResult(image_id, sent.count, len(diff_ids), len(skip))
 
 

@@ -7,9 +7,13 @@ from collections.abc import Mapping, Sequence
 from .errors import InvalidSpec
 
 
-def spread_replicas(replicas: int, targets: Sequence[str], *,
-                    current: Mapping[str, int] | None = None,
-                    max_per_target: int | None = None) -> dict[str, int]:
+def spread_replicas(
+    replicas: int,
+    targets: Sequence[str],
+    *,
+    current: Mapping[str, int] | None = None,
+    max_per_target: int | None = None,
+) -> dict[str, int]:
     """How many replicas each target runs: as even as possible.
 
     Counts differ by at most one.  Where the split is uneven the extra
@@ -24,8 +28,10 @@ def spread_replicas(replicas: int, targets: Sequence[str], *,
     if replicas and not targets:
         raise InvalidSpec("targets", "no target to place replicas on")
     if max_per_target is not None and replicas > max_per_target * len(targets):
-        raise InvalidSpec("replicas", f"{replicas} replicas need more than "
-                                      f"{len(targets)} targets of {max_per_target} each")
+        raise InvalidSpec(
+            "replicas",
+            f"{replicas} replicas need more than {len(targets)} targets of {max_per_target} each",
+        )
     if not targets:
         return {}
     current = current or {}

@@ -69,10 +69,16 @@ class RolloutReport:
     switch_seconds: float | None = None  # longest stop-old + start-new of a replica
 
 
-def roll_out(ssh: SSHConnection, spec: ServiceSpec, release_id: str, *,
-             replicas: int | None = None, local_engine: docker.DockerClient | None = None,
-             registry_auth: RegistryAuth | None = None,
-             log: logging.Logger = logger) -> RolloutReport:
+def roll_out(
+    ssh: SSHConnection,
+    spec: ServiceSpec,
+    release_id: str,
+    *,
+    replicas: int | None = None,
+    local_engine: docker.DockerClient | None = None,
+    registry_auth: RegistryAuth | None = None,
+    log: logging.Logger = logger,
+) -> RolloutReport:
     """Make ``release_id`` of ``spec`` the one serving on this target.
 
     ``replicas`` is this target's share (``spec.replicas`` when None).  With
@@ -84,8 +90,9 @@ def roll_out(ssh: SSHConnection, spec: ServiceSpec, release_id: str, *,
     validate_release_id(release_id)
     count = spec.replicas if replicas is None else replicas
     if spec.ports and count > 1:
-        raise InvalidSpec("replicas", "a service with published ports runs at most "
-                                      "one replica per target")
+        raise InvalidSpec(
+            "replicas", "a service with published ports runs at most one replica per target"
+        )
     engine = ssh.docker()
     report = RolloutReport(release_id)
 
@@ -102,22 +109,34 @@ def roll_out(ssh: SSHConnection, spec: ServiceSpec, release_id: str, *,
             raise SSHUnreachable(f"{ssh.endpoint} during {name}: {exc}") from exc
         record = StepRecord(name, round(time.monotonic() - started, 3), detail)
         report.steps.append(record)
-        log.info("rollout %s %s on %s: %s: %s (%.2f s)", spec.name, release_id,
-                 ssh.endpoint, name, detail, record.seconds)
+        log.info(
+            "rollout %s %s on %s: %s: %s (%.2f s)",
+            spec.name,
+            release_id,
+            ssh.endpoint,
+            name,
+            detail,
+            record.seconds,
+        )
 
     def ship_image() -> str:
         try:
             if local_engine is not None:
                 report.push = push_image(local_engine, engine, spec.image)
-                return (f"sent {report.push.bytes_sent} bytes, skipped "
-                        f"{report.push.layers_skipped}/{report.push.layers_total} layers")
+                return (
+                    f"sent {report.push.bytes_sent} bytes, skipped "
+                    f"{report.push.layers_skipped}/{report.push.layers_total} layers"
+                )
             repository, tag = parse_repository_tag(spec.image)
             return "pulled " + pull_image(engine, repository, tag or "latest", registry_auth)
         except ImageShipFailed as exc:
             raise RolloutFailed("ship image", str(exc), previous) from exc
 
-    serving = [c for c in list_containers(engine, service_id=spec.service_id)
-               if c.role == ROLE_SERVING and c.state == "running"]
+    serving = [
+        c
+        for c in list_containers(engine, service_id=spec.service_id)
+        if c.role == ROLE_SERVING and c.state == "running"
+    ]
     previous = next((c.release_id for c in serving if c.release_id != release_id), None)
     already_serving = {c.replica for c in serving if c.release_id == release_id}
 
@@ -128,19 +147,23 @@ def roll_out(ssh: SSHConnection, spec: ServiceSpec, release_id: str, *,
         new_ids: list[str] = []
 
         def start_new() -> str:
-            new_ids.extend(start_container(engine, spec, release_id, replica=replica)
-                           for replica in range(count))
+            new_ids.extend(
+                start_container(engine, spec, release_id, replica=replica)
+                for replica in range(count)
+            )
             return f"started {len(new_ids)}"
 
         try:
             step("start new", start_new)
-            step("health-check new",
-                 lambda: _health_or_remove(ssh, engine, spec, new_ids, previous,
-                                           "health-check new"))
+            step(
+                "health-check new",
+                lambda: _health_or_remove(ssh, engine, spec, new_ids, previous, "health-check new"),
+            )
         except RolloutFailed:
             # The old replicas were never stopped: dropping the new ones is the rollback.
-            for container in list_containers(engine, service_id=spec.service_id,
-                                             release_id=release_id):
+            for container in list_containers(
+                engine, service_id=spec.service_id, release_id=release_id
+            ):
                 remove_container(engine, container.id)
             raise
     else:
@@ -151,12 +174,14 @@ def roll_out(ssh: SSHConnection, spec: ServiceSpec, release_id: str, *,
             return f"started {candidate['id'][:12]}"
 
         step("start candidate", start_candidate)
-        step("health-check candidate",
-             lambda: _health_or_remove(ssh, engine, spec, [candidate["id"]], previous,
-                                       "health-check candidate"))
+        step(
+            "health-check candidate",
+            lambda: _health_or_remove(
+                ssh, engine, spec, [candidate["id"]], previous, "health-check candidate"
+            ),
+        )
         try:
-            step("switch",
-                 lambda: _switch(ssh, engine, spec, release_id, count, previous, report))
+            step("switch", lambda: _switch(ssh, engine, spec, release_id, count, previous, report))
         except RolloutFailed:
             remove_container(engine, candidate["id"])
             raise
@@ -180,9 +205,14 @@ def _switch(ssh, engine, spec, release_id, count, previous, report) -> str:
     switched: list[tuple[str, list[str]]] = []
     for replica in range(count):
         new_id = create_container(engine, spec, release_id, role=ROLE_SERVING, replica=replica)
-        old_ids = [c.id for c in list_containers(engine, service_id=spec.service_id)
-                   if c.role == ROLE_SERVING and c.replica == replica
-                   and c.release_id != release_id and c.state == "running"]
+        old_ids = [
+            c.id
+            for c in list_containers(engine, service_id=spec.service_id)
+            if c.role == ROLE_SERVING
+            and c.replica == replica
+            and c.release_id != release_id
+            and c.state == "running"
+        ]
         started = time.monotonic()
         switched.append((new_id, old_ids))
         try:
@@ -191,8 +221,7 @@ def _switch(ssh, engine, spec, release_id, count, previous, report) -> str:
             engine.api.start(new_id)
         except docker.errors.APIError as exc:  # e.g. the host port is taken
             _roll_back(engine, switched)
-            raise RolloutFailed("switch", f"engine refused: {exc.explanation}",
-                                previous) from exc
+            raise RolloutFailed("switch", f"engine refused: {exc.explanation}", previous) from exc
         gap = time.monotonic() - started
         report.switch_seconds = max(report.switch_seconds or 0.0, gap)
         try:
@@ -211,9 +240,13 @@ def _roll_back(engine, switched: list[tuple[str, list[str]]]) -> None:
 
 
 def _stop_old(engine, spec, release_id, count) -> str:
-    stale = [c for c in list_containers(engine, service_id=spec.service_id)
-             if c.state == "running" and c.role == ROLE_SERVING
-             and (c.release_id != release_id or c.replica >= count)]
+    stale = [
+        c
+        for c in list_containers(engine, service_id=spec.service_id)
+        if c.state == "running"
+        and c.role == ROLE_SERVING
+        and (c.release_id != release_id or c.replica >= count)
+    ]
     for container in stale:
         stop_container(engine, container.id)
     return f"stopped {len(stale)}"
@@ -223,8 +256,11 @@ def _prune(engine, spec, release_id, count) -> str:
     def kept(c) -> bool:
         return c.release_id == release_id and c.role == ROLE_SERVING and c.replica < count
 
-    leftovers = [c for c in list_containers(engine, service_id=spec.service_id)
-                 if c.role == ROLE_CANDIDATE or (c.state != "running" and not kept(c))]
+    leftovers = [
+        c
+        for c in list_containers(engine, service_id=spec.service_id)
+        if c.role == ROLE_CANDIDATE or (c.state != "running" and not kept(c))
+    ]
     for container in leftovers:
         remove_container(engine, container.id)
     return f"removed {len(leftovers)}"

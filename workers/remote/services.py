@@ -137,8 +137,13 @@ class ServiceSpec:
 
 
 def _validate_health(health: HealthCheck) -> None:
-    kinds = sum([health.http_path is not None, bool(health.command),
-                 health.http_path is None and not health.command and health.port is not None])
+    kinds = sum(
+        [
+            health.http_path is not None,
+            bool(health.command),
+            health.http_path is None and not health.command and health.port is not None,
+        ]
+    )
     if kinds != 1:
         raise InvalidSpec("health", "give exactly one of an HTTP path, a TCP port or a command")
     if health.http_path is not None and not _HTTP_PATH.match(health.http_path):
@@ -182,8 +187,14 @@ class ContainerStats:
     memory_limit_bytes: int
 
 
-def create_container(engine: docker.DockerClient, spec: ServiceSpec, release_id: str, *,
-                     role: str = ROLE_SERVING, replica: int = 0) -> str:
+def create_container(
+    engine: docker.DockerClient,
+    spec: ServiceSpec,
+    release_id: str,
+    *,
+    role: str = ROLE_SERVING,
+    replica: int = 0,
+) -> str:
     """Create (not start) the container of ``replica`` of a release; idempotent.
 
     Candidates get no published ports: they run beside the serving container,
@@ -202,27 +213,40 @@ def create_container(engine: docker.DockerClient, spec: ServiceSpec, release_id:
     host_config = engine.api.create_host_config(
         port_bindings=bindings if publish else None,
         binds={volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()},
-        nano_cpus=spec.nano_cpus, mem_limit=spec.memory_bytes,
+        nano_cpus=spec.nano_cpus,
+        mem_limit=spec.memory_bytes,
         restart_policy=restart if spec.restart_policy != "no" else None,
         network_mode=spec.network,
         # busybox-like PID 1s ignore SIGTERM; an init forwards it and reaps.
         init=True,
     )
     labels = {
-        LABEL_SERVICE_ID: spec.service_id, LABEL_RELEASE_ID: release_id,
-        LABEL_ENVIRONMENT_ID: spec.environment_id, LABEL_ROLE: role,
+        LABEL_SERVICE_ID: spec.service_id,
+        LABEL_RELEASE_ID: release_id,
+        LABEL_ENVIRONMENT_ID: spec.environment_id,
+        LABEL_ROLE: role,
         LABEL_REPLICA: str(replica),
     }
     created = engine.api.create_container(
-        spec.image, command=list(spec.command) or None, name=name,
-        environment=dict(spec.env), labels=labels, host_config=host_config,
+        spec.image,
+        command=list(spec.command) or None,
+        name=name,
+        environment=dict(spec.env),
+        labels=labels,
+        host_config=host_config,
         ports=list(spec.ports.values()) if publish else None,
     )
     return created["Id"]
 
 
-def start_container(engine: docker.DockerClient, spec: ServiceSpec, release_id: str, *,
-                    role: str = ROLE_SERVING, replica: int = 0) -> str:
+def start_container(
+    engine: docker.DockerClient,
+    spec: ServiceSpec,
+    release_id: str,
+    *,
+    role: str = ROLE_SERVING,
+    replica: int = 0,
+) -> str:
     """Create and start a release's container (idempotent); returns its ID."""
     container_id = create_container(engine, spec, release_id, role=role, replica=replica)
     engine.api.start(container_id)
@@ -243,33 +267,56 @@ def remove_container(engine: docker.DockerClient, container_id: str) -> None:
         pass
 
 
-def list_containers(engine: docker.DockerClient, *, service_id: str | None = None,
-                    release_id: str | None = None, environment_id: str | None = None
-                    ) -> list[ContainerInfo]:
+def list_containers(
+    engine: docker.DockerClient,
+    *,
+    service_id: str | None = None,
+    release_id: str | None = None,
+    environment_id: str | None = None,
+) -> list[ContainerInfo]:
     """Strata containers on the engine (running or not), filtered by label."""
     labels = [LABEL_SERVICE_ID]
-    for label, value in ((LABEL_SERVICE_ID, service_id), (LABEL_RELEASE_ID, release_id),
-                         (LABEL_ENVIRONMENT_ID, environment_id)):
+    for label, value in (
+        (LABEL_SERVICE_ID, service_id),
+        (LABEL_RELEASE_ID, release_id),
+        (LABEL_ENVIRONMENT_ID, environment_id),
+    ):
         if value is not None:
             labels.append(f"{label}={value}")
     found = []
     for summary in engine.api.containers(all=True, filters={"label": labels}):
         tags = summary["Labels"]
-        found.append(ContainerInfo(
-            id=summary["Id"], name=summary["Names"][0].lstrip("/"), state=summary["State"],
-            image=summary["Image"], service_id=tags[LABEL_SERVICE_ID],
-            release_id=tags.get(LABEL_RELEASE_ID, ""),
-            environment_id=tags.get(LABEL_ENVIRONMENT_ID, ""),
-            role=tags.get(LABEL_ROLE, ""), replica=int(tags.get(LABEL_REPLICA, "0")),
-        ))
+        found.append(
+            ContainerInfo(
+                id=summary["Id"],
+                name=summary["Names"][0].lstrip("/"),
+                state=summary["State"],
+                image=summary["Image"],
+                service_id=tags[LABEL_SERVICE_ID],
+                release_id=tags.get(LABEL_RELEASE_ID, ""),
+                environment_id=tags.get(LABEL_ENVIRONMENT_ID, ""),
+                role=tags.get(LABEL_ROLE, ""),
+                replica=int(tags.get(LABEL_REPLICA, "0")),
+            )
+        )
     return found
 
 
-def container_logs(engine: docker.DockerClient, container_id: str, *,
-                   tail: int = LOGS_TAIL_LINES, since: float | None = None) -> str:
+def container_logs(
+    engine: docker.DockerClient,
+    container_id: str,
+    *,
+    tail: int = LOGS_TAIL_LINES,
+    since: float | None = None,
+) -> str:
     """The last ``tail`` lines of stdout and stderr (``since``: a UNIX time)."""
-    raw = engine.api.logs(container_id, stdout=True, stderr=True, tail=tail,
-                          since=int(since) if since is not None else None)
+    raw = engine.api.logs(
+        container_id,
+        stdout=True,
+        stderr=True,
+        tail=tail,
+        since=int(since) if since is not None else None,
+    )
     return raw.decode(errors="replace")
 
 
@@ -287,8 +334,9 @@ def container_stats(engine: docker.DockerClient, container_id: str) -> Container
     return ContainerStats(round(percent, 2), max(used, 0), memory.get("limit", 0))
 
 
-def probe_once(ssh: SSHConnection, engine: docker.DockerClient, container_id: str,
-               health: HealthCheck) -> tuple[bool, str]:
+def probe_once(
+    ssh: SSHConnection, engine: docker.DockerClient, container_id: str, health: HealthCheck
+) -> tuple[bool, str]:
     """One health probe from the target; (healthy, output)."""
     state = engine.api.inspect_container(container_id)["State"]
     if not state["Running"]:
@@ -299,8 +347,15 @@ def probe_once(ssh: SSHConnection, engine: docker.DockerClient, container_id: st
     else:
         netns = ["timeout", seconds, "nsenter", "--target", str(state["Pid"]), "--net", "--"]
         if health.http_path is not None:
-            argv = [*netns, "bash", "-c", _HTTP_PROBE, "strata-probe", str(health.port),
-                    health.http_path]
+            argv = [
+                *netns,
+                "bash",
+                "-c",
+                _HTTP_PROBE,
+                "strata-probe",
+                str(health.port),
+                health.http_path,
+            ]
         else:
             argv = [*netns, "bash", "-c", _TCP_PROBE, "strata-probe", str(health.port)]
     try:
@@ -313,8 +368,9 @@ def probe_once(ssh: SSHConnection, engine: docker.DockerClient, container_id: st
     return result.exit_status == 0, output
 
 
-def wait_healthy(ssh: SSHConnection, engine: docker.DockerClient, container_id: str,
-                 health: HealthCheck | None) -> str:
+def wait_healthy(
+    ssh: SSHConnection, engine: docker.DockerClient, container_id: str, health: HealthCheck | None
+) -> str:
     """Probe until healthy; returns the last probe output.
 
     Raises HealthCheckFailed with the last output and the container's log
@@ -326,8 +382,9 @@ def wait_healthy(ssh: SSHConnection, engine: docker.DockerClient, container_id: 
         if state["Running"]:
             return "running"
         output = f"container not running (exit code {state['ExitCode']})"
-        raise HealthCheckFailed(container_id[:12], output, output,
-                                container_logs(engine, container_id))
+        raise HealthCheckFailed(
+            container_id[:12], output, output, container_logs(engine, container_id)
+        )
     output = ""
     for attempt in range(health.retries):
         if attempt:
@@ -337,5 +394,6 @@ def wait_healthy(ssh: SSHConnection, engine: docker.DockerClient, container_id: 
             return output
         if output.startswith("container not running"):
             break
-    raise HealthCheckFailed(container_id[:12], output or "no output", output,
-                            container_logs(engine, container_id))
+    raise HealthCheckFailed(
+        container_id[:12], output or "no output", output, container_logs(engine, container_id)
+    )

@@ -99,8 +99,14 @@ class SSHConnection:
     Thread-safe: channels are opened concurrently on the one transport.
     """
 
-    def __init__(self, endpoint: Endpoint, private_key: paramiko.PKey, *,
-                 connect_timeout: float = 10.0, command_timeout: float = 60.0):
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        private_key: paramiko.PKey,
+        *,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+    ):
         self.endpoint = endpoint
         self._private_key = private_key
         self.connect_timeout = connect_timeout
@@ -135,11 +141,17 @@ class SSHConnection:
         sock = self._open_socket()
         try:
             client.connect(
-                ep.host, port=ep.port, username=ep.user, pkey=self._private_key,
-                sock=sock, timeout=self.connect_timeout,
-                banner_timeout=self.connect_timeout, auth_timeout=self.connect_timeout,
+                ep.host,
+                port=ep.port,
+                username=ep.user,
+                pkey=self._private_key,
+                sock=sock,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
                 channel_timeout=self.connect_timeout,
-                allow_agent=False, look_for_keys=False,
+                allow_agent=False,
+                look_for_keys=False,
             )
         except paramiko.BadHostKeyException as exc:
             client.close()
@@ -188,8 +200,9 @@ class SSHConnection:
 
     # -- commands -------------------------------------------------------
 
-    def open_exec_channel(self, argv: Sequence[str], timeout: float | None = None
-                          ) -> paramiko.Channel:
+    def open_exec_channel(
+        self, argv: Sequence[str], timeout: float | None = None
+    ) -> paramiko.Channel:
         """A channel running ``argv`` remotely, for callers that stream its stdio."""
         argv = _checked_argv(argv)
         try:
@@ -200,8 +213,9 @@ class SSHConnection:
             raise SSHUnreachable(f"{self.endpoint}: {exc}") from exc
         return channel
 
-    def run(self, argv: Sequence[str], *, timeout: float | None = None,
-            check: bool = True) -> CommandResult:
+    def run(
+        self, argv: Sequence[str], *, timeout: float | None = None, check: bool = True
+    ) -> CommandResult:
         """Run ``argv`` remotely and collect its output.
 
         Raises CommandTimeout after ``timeout`` seconds (the connection's default
@@ -258,8 +272,14 @@ class SSHConnection:
             return self._engine
 
 
-def wait_for_ssh(endpoint: Endpoint, private_key: paramiko.PKey, *, timeout: float,
-                 interval: float = 1.0, connect_timeout: float = 5.0) -> SSHConnection:
+def wait_for_ssh(
+    endpoint: Endpoint,
+    private_key: paramiko.PKey,
+    *,
+    timeout: float,
+    interval: float = 1.0,
+    connect_timeout: float = 5.0,
+) -> SSHConnection:
     """A connection to a machine that is still booting, once its sshd answers.
 
     Retries only SSHUnreachable (QEMU's user networking accepts TCP before
@@ -302,8 +322,13 @@ class ConnectionPool:
     transport died reconnects on its next use.
     """
 
-    def __init__(self, private_key: paramiko.PKey, *, connect_timeout: float = 10.0,
-                 command_timeout: float = 60.0):
+    def __init__(
+        self,
+        private_key: paramiko.PKey,
+        *,
+        connect_timeout: float = 10.0,
+        command_timeout: float = 60.0,
+    ):
         self._private_key = private_key
         self._connect_timeout = connect_timeout
         self._command_timeout = command_timeout
@@ -316,7 +341,9 @@ class ConnectionPool:
             connection = self._connections.get(endpoint)
             if connection is None:
                 connection = SSHConnection(
-                    endpoint, self._private_key, connect_timeout=self._connect_timeout,
+                    endpoint,
+                    self._private_key,
+                    connect_timeout=self._connect_timeout,
                     command_timeout=self._command_timeout,
                 )
                 self._connections[endpoint] = connection

@@ -19,6 +19,7 @@ from cloud.models import (
     JobState,
     PortForward,
     Release,
+    Secret,
 )
 from workers.hypervisor import find_free_loopback_ports
 from workers.jobs import Plan, Step, StepContext, UserError, register
@@ -48,7 +49,20 @@ def release_id(release: Release) -> str:
     return f"v{release.version}"
 
 
-def service_spec(release: Release, vm, replicas: int) -> ServiceSpec:
+def secret_values(release: Release) -> dict[str, str]:
+    """The release's secret environment, decrypted now (never stored in the spec)."""
+    wanted = release.spec.get("secret_env", {})
+    team = release.service.environment.team_id
+    values = dict(
+        Secret.objects.filter(team=team, name__in=wanted.values()).values_list("name", "value")
+    )
+    missing = sorted(set(wanted.values()) - set(values))
+    if missing:
+        raise UserError(f"secrets gone since the release was made: {', '.join(missing)}")
+    return {var: values[name] for var, name in wanted.items()}
+
+
+def service_spec(release: Release, vm, replicas: int, secrets: dict[str, str]) -> ServiceSpec:
     spec = release.spec
     health = spec.get("healthcheck") or {}
     timing = {k: health[k] for k in ("interval", "timeout", "retries") if k in health}
@@ -66,7 +80,7 @@ def service_spec(release: Release, vm, replicas: int) -> ServiceSpec:
         service_id=str(release.service_id),
         environment_id=str(vm.environment_id),
         command=tuple(spec["command"]),
-        env=dict(spec["env"]),
+        env={**spec["env"], **secrets},
         ports={port: port for port in spec["ports"]},
         nano_cpus=int(spec["cpu_limit"] * 1e9),
         memory_bytes=spec["memory_limit_mb"] * 2**20,
@@ -115,7 +129,9 @@ def publish_ports(ctx: StepContext) -> None:
 def roll_out_release(ctx: StepContext) -> None:
     vm, deployment = vm_of(ctx), deployment_of(ctx)
     release = Release.objects.select_related("service").get(pk=deployment.release_id)
-    spec = service_spec(release, vm, ctx.job.params["replicas"])
+    secrets = secret_values(release)
+    ctx.secrets.update(secrets.values())  # masked in the job's log and error
+    spec = service_spec(release, vm, ctx.job.params["replicas"], secrets)
     log = logging.getLogger(f"strata.deploy.{ctx.job.pk}")
     try:
         report = roll_out(
