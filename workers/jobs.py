@@ -121,6 +121,11 @@ def run(job_id: str) -> None:
     plan = PLANS[job.kind]
     if job.state == JobState.QUEUED:
         job.move_to(JobState.RUNNING, attempts=job.attempts + 1)
+        if job.parent_id:
+            # The parent runs as soon as one of its children does.
+            Job.objects.filter(pk=job.parent_id, state=JobState.QUEUED).update(
+                state=JobState.RUNNING, started_at=timezone.now()
+            )
     steps = list(job.steps.exclude(name="compensate"))
     for row in steps:
         if row.state in (JobStep.State.DONE, JobStep.State.SKIPPED):

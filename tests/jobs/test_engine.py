@@ -200,3 +200,14 @@ def test_parent_of_a_cancelled_child_is_cancelled(new_job, control):
     jobs.run(child.id)
     parent.refresh_from_db()
     assert parent.state == "cancelled" and runs(control) == ["compensate"]
+
+
+def test_a_parent_is_running_while_its_children_run(new_job, control):
+    parent = new_job()
+    children = [new_job(parent=parent) for _ in range(2)]
+    jobs.run(children[0].id)
+    parent.refresh_from_db()
+    assert parent.state == "running" and parent.started_at
+    jobs.run(children[1].id)
+    parent.refresh_from_db()
+    assert parent.state == "succeeded"
