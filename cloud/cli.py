@@ -179,6 +179,7 @@ def cmd_deploy(client, args):
         "ports": args.port,
         "env": env_vars,
         "secret_env": secret_env,
+        "volumes": args.volume,
         "healthcheck": health_or_usage_error(args.health),
     }
     if args.command:
@@ -272,6 +273,9 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("--replicas", type=int, default=1)
     deploy.add_argument("--port", type=int, action="append", default=[], help="publish a port")
     deploy.add_argument("--env", dest="env_var", action="append", default=[], metavar="NAME=VALUE")
+    deploy.add_argument(
+        "--volume", action="append", default=[], metavar="NAME:/PATH", help="a named volume"
+    )
     deploy.add_argument(
         "--secret-env",
         action="append",

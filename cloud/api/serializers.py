@@ -182,6 +182,7 @@ class DeploySerializer(serializers.Serializer):
     command = serializers.JSONField(default=list)
     env = serializers.JSONField(default=dict)
     secret_env = serializers.JSONField(default=dict)
+    volumes = serializers.JSONField(default=list)
     ports = serializers.JSONField(default=list)
     cpu_limit = serializers.FloatField(default=1.0)
     memory_limit_mb = serializers.IntegerField(default=256, min_value=-(2**31), max_value=2**31)

@@ -35,6 +35,9 @@ IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9_][A-Za-z
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 NEXT_KIND = {"dev": "staging", "staging": "prod"}
 MAX_PORTS = 10
+MAX_VOLUMES = 10
+# A named volume (never a host path) mounted at an absolute path without "..".
+VOLUME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}:(?!.*/\.\.(?:/|$))/[A-Za-z0-9_./-]{0,200}$")
 HEALTH_KINDS = ("http", "tcp", "command")
 
 
@@ -86,8 +89,15 @@ def validate_spec(spec: dict, team) -> dict:
         bad("ports", f"must be a list of at most {MAX_PORTS} TCP ports (1-65535)")
     elif len(set(ports)) != len(ports):
         bad("ports", "must not repeat a port")
-    if spec.get("volumes", []) != []:
-        bad("volumes", "named volumes are not supported yet")
+    volumes = spec.get("volumes", [])
+    if (
+        not isinstance(volumes, list)
+        or len(volumes) > MAX_VOLUMES
+        or not all(isinstance(v, str) and VOLUME.match(v) for v in volumes)
+    ):
+        bad("volumes", "must be a list of NAME:/absolute/path (named volumes only, no host paths)")
+    elif len({v.split(":", 1)[0] for v in volumes}) != len(volumes):
+        bad("volumes", "must not repeat a volume name")
     if not _number(spec.get("cpu_limit", 1.0), 0.01, 64):
         bad("cpu_limit", "must be a number of CPUs from 0.01 to 64")
     if (
@@ -125,7 +135,7 @@ def validate_spec(spec: dict, team) -> dict:
         # Names only: the values are read from the encrypted secrets at deploy time.
         "secret_env": secret_env,
         "ports": ports,
-        "volumes": [],
+        "volumes": volumes,
         "cpu_limit": float(spec.get("cpu_limit", 1.0)),
         "memory_limit_mb": spec.get("memory_limit_mb", 256),
         "restart_policy": spec.get("restart_policy", "unless-stopped"),

@@ -69,6 +69,7 @@ def test_a_deploy_injects_the_secret_and_masks_it(sshd_guest):
         image=image,
         env={"MODE": "test"},
         secret_env={"API_KEY": "api-key"},
+        volumes=["data:/var/lib/web"],
         command=["sh", "-c", "echo key=$API_KEY; sleep 600"],
     )
     release = Release.objects.filter(service__environment=vm.environment).latest("version")
@@ -81,6 +82,11 @@ def test_a_deploy_injects_the_secret_and_masks_it(sshd_guest):
     container = engine.containers.get(child.vm.containers.get().engine_id)
     assert "API_KEY=s3cr3t-value-42" in container.attrs["Config"]["Env"]
     assert "MODE=test" in container.attrs["Config"]["Env"]
+    mounts = {(m["Type"], m["Name"], m["Destination"]) for m in container.attrs["Mounts"]}
+    volume = f"strata-{release.service_id}-data"
+    assert ("volume", volume, "/var/lib/web") in mounts
+    container.remove(force=True)
+    engine.volumes.get(volume).remove()
     logs = "".join(s.log for s in child.steps.all()) + child.error
     assert "s3cr3t-value-42" not in logs
     assert Job.objects.get(pk=parent.pk).state == "succeeded"

@@ -82,6 +82,11 @@ def service_spec(release: Release, vm, replicas: int, secrets: dict[str, str]) -
         command=tuple(spec["command"]),
         env={**spec["env"], **secrets},
         ports={port: port for port in spec["ports"]},
+        # Named per service, so two services never share a volume by accident.
+        volumes={
+            f"strata-{release.service_id}-{name}": path
+            for name, path in (v.split(":", 1) for v in spec.get("volumes", []))
+        },
         nano_cpus=int(spec["cpu_limit"] * 1e9),
         memory_bytes=spec["memory_limit_mb"] * 2**20,
         restart_policy=spec["restart_policy"],
