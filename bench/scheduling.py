@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import percentile, setup_database, table  # noqa: E402 - needs the path
+from tests.support import worker_argv  # noqa: E402
 
 
 def make_hosts(n, seed=1):
@@ -104,26 +105,7 @@ def start_workers(queue, count=2, include="bench.plans"):
     for i in range(count):
         procs.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers",
-                    "worker",
-                    "-Q",
-                    queue,
-                    "-c",
-                    "1",
-                    "--include",
-                    include,
-                    "--without-gossip",
-                    "--without-mingle",
-                    "-n",
-                    f"bench{i}@%h",
-                    "--loglevel",
-                    "WARNING",
-                ],
+                worker_argv(queue, f"bench{i}", include=[include]),
                 cwd=REPO,
                 env=os.environ.copy(),
             )

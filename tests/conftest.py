@@ -36,7 +36,6 @@ def worker_factory(request):
     import os
     import signal
     import subprocess
-    import sys
     from pathlib import Path
 
     from django.db import connection
@@ -49,27 +48,9 @@ def worker_factory(request):
     procs = []
 
     def start(queue: str, include=(), **env):
-        cmd = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-Q",
-            queue,
-            "-c",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-            "-n",
-            f"{queue}-{len(procs)}@%h",
-            "--loglevel",
-            "WARNING",
-        ]
-        for module in include:
-            cmd += ["--include", module]
+        from tests.support import worker_argv
+
+        cmd = worker_argv(queue, f"{queue}-{len(procs)}", include)
         proc = subprocess.Popen(
             cmd,
             cwd=Path(__file__).resolve().parents[1],

@@ -1,8 +1,5 @@
 """One task through the real Redis broker to a real worker process."""
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -16,34 +13,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def worker():
+def worker(worker_factory):
     """A Celery worker in its own process serving a queue unique to this test."""
     queue = f"host.test-{uuid.uuid4().hex[:8]}"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-Q",
-            queue,
-            "-c",
-            "1",
-            "--without-gossip",
-            "--without-mingle",
-            "-n",
-            f"{queue}@%h",
-            "--loglevel",
-            "WARNING",
-        ],
-        cwd=REPO,
-        env=os.environ.copy(),
-    )
-    yield queue
-    proc.terminate()
-    proc.wait(timeout=30)
+    worker_factory(queue)
+    return queue
 
 
 def test_reliability_settings():
