@@ -15,6 +15,7 @@ from cloud.models import (
     Secret,
     Service,
     VirtualMachine,
+    VMSample,
 )
 
 
@@ -181,3 +182,19 @@ class OrphanAdmin(admin.ModelAdmin):
     list_filter = ["kind", "host"]
     search_fields = ["name"]
     readonly_fields = ["host", "kind", "name", "first_seen_at"]
+
+
+@admin.register(VMSample)
+class VMSampleAdmin(admin.ModelAdmin):
+    """CPU and memory readings the reconciler records; kept 24 hours, never edited."""
+
+    list_display = ["vm", "at", "cpu_percent", "memory_mib"]
+    list_filter = ["vm__host"]
+    search_fields = ["vm__name", "vm__environment__name"]
+    date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

@@ -270,6 +270,34 @@ class PortForward(models.Model):
         return f"127.0.0.1:{self.host_port} -> {self.vm}:{self.guest_port}"
 
 
+class VMSample(models.Model):
+    """One CPU and memory reading of a running VM, taken by the reconciler.
+
+    ``cpu_time_ns`` is the domain's cumulative CPU time, kept so the next
+    sample's ``cpu_percent`` is an exact delta; the first sample has 0.
+    """
+
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="samples")
+    at = models.DateTimeField(db_index=True, default=timezone.now)
+    cpu_percent = models.FloatField(validators=[MinValueValidator(0)])
+    cpu_time_ns = models.PositiveBigIntegerField()
+    memory_mib = models.PositiveIntegerField()
+
+    objects = scoped_queryset("vm__environment__team").as_manager()
+
+    class Meta:
+        ordering = ["vm", "at"]
+        indexes = [models.Index(fields=["vm", "at"], name="vmsample_vm_at")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(cpu_percent__gte=0), name="vmsample_cpu_percent_not_negative"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.vm} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
 class Secret(models.Model):
     """A team's named secret: an env value or registry credentials, encrypted at rest."""
 

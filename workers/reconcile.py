@@ -8,6 +8,8 @@
   missing; one the engine runs with Strata's labels but no record is an
   orphan (removed after the grace period, like domains and volumes).
 - A job whose message was lost (not updated for a long time) is sent again.
+- Each running VM gets a CPU and memory sample (``VMSample``); samples older
+  than a day are deleted in the same pass.
 """
 
 import logging
@@ -18,9 +20,19 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from cloud.models import Container, Host, Job, JobState, Orphan, Service, VirtualMachine, VMState
+from cloud.models import (
+    Container,
+    Host,
+    Job,
+    JobState,
+    Orphan,
+    Service,
+    VirtualMachine,
+    VMSample,
+    VMState,
+)
 from tenants.models import AuditEvent
-from workers.hypervisor import DomainState, Hypervisor, VolumeKind
+from workers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeKind
 from workers.jobs import enqueue
 from workers.remote import RemoteError, list_containers, remove_container
 from workers.steps.vm import connect
@@ -32,6 +44,7 @@ VM_DOMAIN_NAME = re.compile(
     r"strata-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"
 )
 ALIVE_ON_HOST = [VMState.RUNNING, VMState.STOPPED, VMState.STOPPING, VMState.ERROR]
+SAMPLES_KEPT = timedelta(hours=24)
 
 
 def reconcile_host(host_id: int) -> dict[str, int]:
@@ -86,7 +99,54 @@ def reconcile_host(host_id: int) -> dict[str, int]:
             counts["containers_missing"] += _reconcile_containers(vm, found)
         counts["orphans_seen"] = len(found)
         counts["orphans_removed"] = _sweep_orphans(host, hv, found)
+        counts["samples"] = _record_samples(hv, vms, domains)
     return counts
+
+
+def _record_samples(hv: Hypervisor, vms: dict, domains: dict) -> int:
+    """A CPU and memory sample per running VM; drops samples older than a day."""
+    now = timezone.now()
+    VMSample.objects.filter(at__lt=now - SAMPLES_KEPT).delete()
+    # A delta over a long silence (the worker was down) would be a misleading average.
+    recent = now - timedelta(seconds=max(settings.STRATA_RECONCILE_SECONDS * 5, 300))
+    samples = []
+    for uuid, vm in vms.items():
+        domain = domains.get(uuid)
+        if vm.state != VMState.RUNNING or domain is None or domain.state != DomainState.RUNNING:
+            continue
+        try:
+            stats = hv.domain_stats(uuid)
+        except HypervisorError as exc:
+            log.warning("cannot read the stats of %s: %s", vm, exc)
+            continue
+        # One indexed lookup (vm, at) per running VM.
+        previous = VMSample.objects.filter(vm=vm, at__gte=recent).order_by("-at").first()
+        samples.append(
+            VMSample(
+                vm=vm,
+                at=now,
+                cpu_percent=cpu_percent(previous, stats.cpu_time_ns, stats.vcpus, now),
+                cpu_time_ns=stats.cpu_time_ns,
+                memory_mib=stats.rss_mib if stats.rss_mib is not None else stats.memory_mib,
+            )
+        )
+    VMSample.objects.bulk_create(samples)
+    return len(samples)
+
+
+def cpu_percent(previous: VMSample | None, cpu_time_ns: int, vcpus: int, at) -> float:
+    """CPU use since ``previous`` as a percentage of all the VM's vCPUs (0 to 100).
+
+    0 for the first sample (or the first after a silence), or when the counter
+    went back (the domain restarted).
+    """
+    if previous is None or cpu_time_ns < previous.cpu_time_ns:
+        return 0.0
+    wall_ns = (at - previous.at).total_seconds() * 1e9
+    if wall_ns <= 0:
+        return 0.0
+    used = (cpu_time_ns - previous.cpu_time_ns) / (wall_ns * max(vcpus, 1)) * 100
+    return round(min(max(used, 0.0), 100.0), 2)
 
 
 def _reconcile_containers(vm: VirtualMachine, found: dict) -> int:

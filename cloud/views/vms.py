@@ -25,6 +25,7 @@ def render_vm(request, team, vm, *, bound=None, status=200):
             "environment": vm.environment,
             "console": selectors.console_tail(vm),
             "console_path": selectors.console_log_path(vm),
+            "charts": selectors.vm_charts(team, vm),
             "snapshots": selectors.vm_snapshots(team, vm),
             "snapshot_form": bound.get("snapshot") or SnapshotForm(),
             "snapshot_error_form": bound.get("revert") or bound.get("delete_snapshot"),

@@ -14,6 +14,7 @@ from cloud.models import (
     Secret,
     Service,
     VirtualMachine,
+    VMSample,
 )
 
 SHA = "a" * 64
@@ -47,6 +48,7 @@ def team_world(team, port: int):
         environment=env, name="vm1", host=host, flavor=flavor, image=image
     )
     PortForward.objects.create(host=host, host_port=port, vm=vm, guest_port=22)
+    VMSample.objects.create(vm=vm, cpu_percent=12.5, cpu_time_ns=10**9, memory_mib=300)
     service = Service.objects.create(environment=env, name="web", image="web:1")
     release = Release.objects.create(
         service=service, version=1, image_digest="sha256:" + SHA, spec={}

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from cloud.models import Host, Job, Orphan, VirtualMachine
+from cloud.models import Host, Job, Orphan, VirtualMachine, VMSample
 from tenants.models import AuditEvent
 from tests.foundation.factories import team_world
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
@@ -83,6 +83,48 @@ def test_a_found_again_vm_leaves_lost(hv, vm):
     reconcile_host(vm.host_id)
     vm.refresh_from_db()
     assert vm.state == "stopped"
+
+
+def test_running_vms_are_sampled_and_old_samples_pruned(hv, vm):
+    define_for(hv, str(vm.uuid), vm.domain_name)
+    hv.start(str(vm.uuid))
+    VMSample.objects.all().delete()  # the factory's sample
+    stale = VMSample.objects.create(
+        vm=vm, at=timezone.now() - timedelta(hours=25), cpu_percent=1, cpu_time_ns=1, memory_mib=1
+    )
+
+    assert reconcile_host(vm.host_id)["samples"] == 1
+    assert not VMSample.objects.filter(pk=stale.pk).exists()
+    first = VMSample.objects.get(vm=vm)
+    stats = hv.domain_stats(str(vm.uuid))
+    assert first.cpu_percent == 0 and first.cpu_time_ns > 0
+    assert first.memory_mib == (stats.rss_mib if stats.rss_mib is not None else stats.memory_mib)
+    assert first.memory_mib > 0
+
+    # Pretend the first pass was 10 s ago; the test driver's CPU time keeps growing.
+    VMSample.objects.filter(pk=first.pk).update(at=first.at - timedelta(seconds=10))
+    assert reconcile_host(vm.host_id)["samples"] == 1
+    second = VMSample.objects.filter(vm=vm).latest("at")
+    assert second.cpu_time_ns >= first.cpu_time_ns
+    assert 0 <= second.cpu_percent <= 100
+    assert VMSample.objects.filter(vm=vm).count() == 2
+
+
+def test_cpu_percent_is_the_cpu_time_delta_over_wall_time_and_vcpus():
+    from workers.reconcile import cpu_percent
+
+    now = timezone.now()
+    before = VMSample(at=now - timedelta(seconds=10), cpu_time_ns=5 * 10**9)
+    assert cpu_percent(None, 10**9, 2, now) == 0
+    assert cpu_percent(before, 15 * 10**9, 2, now) == 50.0  # 10 s of CPU over 2 vCPUs x 10 s
+    assert cpu_percent(before, 10**9, 2, now) == 0  # counter reset: the domain restarted
+    assert cpu_percent(before, 10**12, 1, now) == 100.0
+
+
+def test_a_stopped_vm_is_not_sampled(hv, vm):
+    define_for(hv, str(vm.uuid), vm.domain_name)  # shut off; the reconciler restarts it
+    VMSample.objects.all().delete()
+    assert reconcile_host(vm.host_id)["samples"] == 0
 
 
 def test_stuck_jobs_are_sent_again(make_team, django_capture_on_commit_callbacks, settings):

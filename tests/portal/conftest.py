@@ -40,7 +40,7 @@ def world(make_team, django_user_model, catalogue):  # noqa: F811 - the imported
         service=service,
         version=1,
         image_digest="sha256:" + "b" * 64,
-        spec=validate_spec({"image": "nginx:1.27"}),
+        spec=validate_spec({"image": "nginx:1.27"}, team),
     )
     Deployment.objects.create(environment=env, release=release, state="succeeded")
     Container.objects.create(

@@ -140,7 +140,7 @@ def test_console_without_log_says_so(world, client_as, settings, tmp_path):
         .content.decode()
     )
     assert "No console log yet" in html
-    assert "No CPU or memory samples" in html
+    assert "Not enough samples yet to draw a graph" in html
 
 
 def test_dashboard_shows_health_quota_bars_and_hosts(world, client_as, catalogue):
