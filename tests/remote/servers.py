@@ -21,9 +21,8 @@ from pathlib import Path
 
 import docker
 import paramiko
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from workers.hypervisor import generate_ed25519_keypair
 from workers.remote import Endpoint
 
 SSHD = "/usr/sbin/sshd"
@@ -52,18 +51,8 @@ class KeyPair:
 
 
 def new_ed25519_key() -> KeyPair:
-    key = ed25519.Ed25519PrivateKey.generate()
-    private_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    public_line = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    return KeyPair(private_pem, public_line)
+    pair = generate_ed25519_keypair()
+    return KeyPair(pair.private_openssh, pair.public_openssh)
 
 
 def free_loopback_port() -> int:
