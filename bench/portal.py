@@ -5,9 +5,10 @@ steps each), against the same pages with a tenth of that: the dashboard, the
 environment list API, the jobs list (portal and API).  The number of queries
 per page must not grow with the rows; target p95 under 150 ms.
 
-    scripts/bench.sh portal
+    scripts/bench.sh portal        (--quick: 2 and 20 environments, 5 requests a page)
 """
 
+import argparse
 import statistics
 import sys
 import time
@@ -16,8 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import percentile, setup_database, table  # noqa: E402 - needs the path
-
-REQUESTS = 40
 
 
 def populate(team_name: str, envs: int, vms_per_env: int, containers_per_vm: int, jobs: int):
@@ -114,12 +113,12 @@ def populate(team_name: str, envs: int, vms_per_env: int, containers_per_vm: int
     return team, user
 
 
-def measure(client, url):
+def measure(client, url, requests):
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     times, queries = [], 0
-    for _ in range(REQUESTS):
+    for _ in range(requests):
         with CaptureQueriesContext(connection) as captured:
             started = time.perf_counter()
             response = client.get(url)
@@ -130,7 +129,11 @@ def measure(client, url):
 
 
 def main():
-    setup_database("strata_bench_portal")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (run by make test)")
+    args = parser.parse_args()
+    scale, requests = (10, 5) if args.quick else (1, 40)
+    setup_database("strata_bench_portal_quick" if args.quick else "strata_bench_portal")
     from django.test import Client
     from django.test.utils import setup_test_environment
 
@@ -138,7 +141,7 @@ def main():
     from django.conf import settings
 
     settings.SECURE_SSL_REDIRECT = False
-    sizes = {"small": (20, 5, 5, 200), "big": (200, 5, 5, 2000)}
+    sizes = {"small": (20 // scale, 5, 5, 200 // scale), "big": (200 // scale, 5, 5, 2000 // scale)}
     results = {}
     for label, size in sizes.items():
         team, user = populate(f"team-{label}", *size)
@@ -152,7 +155,7 @@ def main():
         }
         for page, url in pages.items():
             client.get(url)  # warm
-            results[(page, label)] = measure(client, url)
+            results[(page, label)] = measure(client, url, requests)
     rows = []
     for page in ["dashboard", "environments API", "jobs (portal)", "jobs API"]:
         small, big = results[(page, "small")], results[(page, "big")]
@@ -168,8 +171,9 @@ def main():
             ]
         )
     table(
-        "Server time (ms p50 / p95) and SQL queries per page: 20 envs/100 VMs/500 containers "
-        "vs 200 envs/1,000 VMs/5,000 containers (target p95 < 150 ms, queries constant)",
+        f"Server time (ms p50 / p95) and SQL queries per page, {requests} requests: "
+        f"{sizes['small'][0]} vs {sizes['big'][0]} environments of 5 VMs with 5 containers each "
+        "(target at 200: p95 < 150 ms; queries constant)",
         ["page", "small ms", "small queries", "big ms", "big queries", "p95 ok", "queries"],
         rows,
     )
