@@ -12,6 +12,8 @@ packages=(
   redis-server postgresql openssh-server openssh-client
   # tools used by scripts and the benchmarks
   iproute2 procps util-linux curl virtinst
+  # environment networks (libvirt network dnsmasq) and the service proxy
+  dnsmasq-base haproxy
 )
 [ "${STRATA_WITH_BROWSER:-0}" = 1 ] && packages+=(chromium)
 missing=()
