@@ -2,6 +2,8 @@
 
 - A VM whose domain vanished is marked ``lost`` (kept, with its history).
 - A VM that should run but whose domain is shut off is started again.
+- A VM that an unfinished job acts on (it targets the VM or holds its
+  environment) is left alone: the job is changing it and records the outcome.
 - A domain or volume with Strata's marks and no live record is an orphan:
   noted when first seen, removed after the grace period, audited.
 - A container recorded for a running VM but gone from its engine is marked
@@ -18,6 +20,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from cloud.models import (
@@ -36,6 +39,7 @@ from workers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeK
 from workers.jobs import enqueue
 from workers.remote import RemoteError, list_containers, remove_container
 from workers.steps.vm import connect
+from workers.steps.vm_ops import STATE_OF_DOMAIN
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ SAMPLES_KEPT = timedelta(hours=24)
 
 def reconcile_host(host_id: int) -> dict[str, int]:
     host = Host.objects.get(pk=host_id)
-    counts = {"lost": 0, "restarted": 0, "orphans_seen": 0, "orphans_removed": 0}
+    counts = {"lost": 0, "restarted": 0, "orphans_seen": 0, "orphans_removed": 0, "unchanged": 0}
     with Hypervisor(host.libvirt_uri, settings.STRATA_DATA_DIR, virt_type=host.virt_type) as hv:
         domains = {d.uuid: d for d in hv.list_strata_domains()}
         hv.ensure_storage()
@@ -63,30 +67,11 @@ def reconcile_host(host_id: int) -> dict[str, int]:
             .select_related("environment__team")
         }
 
+        busy = vms_a_job_acts_on(host.pk)
+        counts["busy"] = sum(vm.pk in busy for vm in vms.values())
         for uuid, vm in vms.items():
-            domain = domains.get(uuid)
-            if domain is None and vm.state in ALIVE_ON_HOST:
-                vm.move_to(VMState.LOST, error="its libvirt domain has vanished")
-                AuditEvent.record("vm.lost", team=vm.environment.team, target=vm)
-                counts["lost"] += 1
-            elif domain is not None and vm.state == VMState.LOST:
-                vm.move_to(
-                    VMState.RUNNING if domain.state == DomainState.RUNNING else VMState.STOPPED
-                )
-            elif (
-                domain is not None
-                and vm.state == VMState.RUNNING
-                and domain.state in (DomainState.SHUTOFF, DomainState.CRASHED)
-            ):
-                # Restart policy for VMs: a VM that should run, runs.
-                hv.start(uuid)
-                AuditEvent.record(
-                    "vm.restarted",
-                    team=vm.environment.team,
-                    target=vm,
-                    reason=f"domain was {domain.state.value}",
-                )
-                counts["restarted"] += 1
+            if vm.pk not in busy:
+                counts[_reconcile_vm(hv, vm, domains.get(uuid))] += 1
 
         found = {(Orphan.Kind.DOMAIN, d.name): d.uuid for u, d in domains.items() if u not in vms}
         for volume in volumes:
@@ -101,6 +86,69 @@ def reconcile_host(host_id: int) -> dict[str, int]:
         counts["orphans_removed"] = _sweep_orphans(host, hv, found)
         counts["samples"] = _record_samples(hv, vms, domains)
     return counts
+
+
+def vms_a_job_acts_on(host_id: int) -> set[int]:
+    """Ids of the host's VMs that an unfinished job targets or whose environment it holds.
+
+    Such a VM is in the middle of a change (stopping, reverting, resizing...):
+    what libvirt shows is not drift, and the job settles the record itself.
+    """
+    unfinished = Job.objects.exclude(state__in=Job.machine.final_states)
+    return set(
+        VirtualMachine.objects.filter(host=host_id)
+        .filter(
+            Q(jobs__in=unfinished.filter(vm__host=host_id))
+            | Q(environment__lock_job__in=unfinished)
+        )
+        .values_list("pk", flat=True)
+    )
+
+
+def _reconcile_vm(hv: Hypervisor, vm: VirtualMachine, domain) -> str:
+    """Bring one VM's record and its domain together; returns what was done."""
+    if domain is None and vm.state in ALIVE_ON_HOST:
+        vm.move_to(VMState.LOST, error="its libvirt domain has vanished")
+        AuditEvent.record("vm.lost", team=vm.environment.team, target=vm)
+        return "lost"
+    if domain is not None and vm.state == VMState.LOST:
+        vm.move_to(VMState.RUNNING if domain.state == DomainState.RUNNING else VMState.STOPPED)
+        return "unchanged"
+    if domain is not None and vm.state == VMState.STOPPING:
+        # A stop whose job ended without recording the outcome: record libvirt's.
+        if domain.state in STATE_OF_DOMAIN:
+            vm.move_to(STATE_OF_DOMAIN[domain.state])
+        return "unchanged"
+    if (
+        domain is not None
+        and vm.state == VMState.RUNNING
+        and domain.state in (DomainState.SHUTOFF, DomainState.CRASHED)
+    ):
+        return _restart(hv, vm)
+    return "unchanged"
+
+
+def _restart(hv: Hypervisor, vm: VirtualMachine) -> str:
+    """Start a VM that should run, unless a job took it over since the host was read."""
+    # The row lock is the one every VM operation writes its state under: held
+    # from the re-check to the start, no stop can slip in between.
+    with transaction.atomic():
+        locked = VirtualMachine.objects.select_for_update(skip_locked=True).filter(pk=vm.pk)
+        current = locked.values_list("state", flat=True).first()
+        if current != VMState.RUNNING or vm.pk in vms_a_job_acts_on(vm.host_id):
+            return "unchanged"
+        uuid = str(vm.uuid)
+        state = hv.state(uuid)
+        if state not in (DomainState.SHUTOFF, DomainState.CRASHED):
+            return "unchanged"
+        hv.start(uuid)
+        AuditEvent.record(
+            "vm.restarted",
+            team=vm.environment.team,
+            target=vm,
+            reason=f"domain was {state.value}",
+        )
+    return "restarted"
 
 
 def _record_samples(hv: Hypervisor, vms: dict, domains: dict) -> int:

@@ -1,29 +1,59 @@
-"""Operations on one existing VM, each a short plan on the VM's host queue."""
+"""Operations on one existing VM, each a short plan on the VM's host queue.
+
+Every state write happens under the VM's row lock, the same lock the
+reconciler takes before it restarts a VM, so the two never act on one VM at
+once.  A failed or cancelled operation leaves the VM's state matching what
+libvirt reports (``settle_from_domain``).
+"""
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from cloud.models import Flavor, VirtualMachine, VMState
+from workers.hypervisor import DomainState, Hypervisor, NotFound
 from workers.jobs import Plan, Step, StepContext, register
 from workers.steps.vm import hypervisor, vm_of
 
+# The VM state that matches a domain's state; others (paused, crashed) leave it alone.
+STATE_OF_DOMAIN = {DomainState.RUNNING: VMState.RUNNING, DomainState.SHUTOFF: VMState.STOPPED}
 
-def _settle(vm: VirtualMachine, state: str) -> None:
-    if vm.state != state:
-        vm.move_to(state)
+
+def _settle(vm: VirtualMachine, state: str, **fields) -> None:
+    """Move the VM to ``state`` under its row lock (a no-op when it is there already)."""
+    with transaction.atomic():
+        locked = VirtualMachine.objects.select_for_update().get(pk=vm.pk)
+        if locked.state != state:
+            locked.move_to(state, **fields)
+        elif fields:
+            VirtualMachine.objects.filter(pk=vm.pk).update(**fields)
+    vm.state = state
+
+
+def _settle_to_domain(vm: VirtualMachine, hv: Hypervisor) -> str | None:
+    """Make the VM's recorded state what libvirt reports; returns that state."""
+    try:
+        state = STATE_OF_DOMAIN.get(hv.state(str(vm.uuid)))
+    except NotFound:
+        return None  # the reconciler marks it lost
+    if state is not None:
+        _settle(vm, state)
+    return state
 
 
 def start_vm(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     with hypervisor(vm) as hv:
         hv.start(str(vm.uuid))
-    VirtualMachine.objects.filter(pk=vm.pk).update(started_at=timezone.now())
-    _settle(vm, VMState.RUNNING)
+    _settle(vm, VMState.RUNNING, started_at=timezone.now())
     ctx.log("running")
 
 
 def stop_vm(ctx: StepContext) -> None:
     vm = vm_of(ctx)
+    if vm.state == VMState.RUNNING:
+        # Written before the shutdown: from here on the VM is not "running".
+        _settle(vm, VMState.STOPPING)
     with hypervisor(vm) as hv:
         graceful = hv.shutdown(str(vm.uuid), timeout=settings.STRATA_SHUTDOWN_SECONDS)
     _settle(vm, VMState.STOPPED)
@@ -48,7 +78,10 @@ def revert_vm(ctx: StepContext) -> None:
     vm, name = vm_of(ctx), ctx.job.params["snapshot"]
     with hypervisor(vm) as hv:
         hv.revert_snapshot(str(vm.uuid), name)
-    ctx.log(f"reverted to snapshot {name}")
+        # A snapshot of a stopped VM leaves the domain shut off, one of a running
+        # VM leaves it running, whatever the VM was before.
+        state = _settle_to_domain(vm, hv)
+    ctx.log(f"reverted to snapshot {name}; the VM is {state or 'in an unknown state'}")
 
 
 def delete_snapshot(ctx: StepContext) -> None:
@@ -67,6 +100,16 @@ def resize_vm(ctx: StepContext) -> None:
     ctx.log(f"now {flavor}")
 
 
+def settle_from_domain(ctx: StepContext) -> None:
+    """After a failed or cancelled operation, record the state the domain really has."""
+    vm = vm_of(ctx)
+    if vm.state not in (VMState.RUNNING, VMState.STOPPING, VMState.STOPPED):
+        return  # error, lost, deleting: not this operation's to change
+    with hypervisor(vm) as hv:
+        state = _settle_to_domain(vm, hv)
+    ctx.log(f"the VM is {state or 'in an unknown state'}")
+
+
 OPERATIONS = {
     "start": start_vm,
     "stop": stop_vm,
@@ -77,4 +120,10 @@ OPERATIONS = {
     "resize": resize_vm,
 }
 for action, run in OPERATIONS.items():
-    register(Plan(f"vm_{action}", (Step(action.replace("_", " "), run),)))
+    register(
+        Plan(
+            f"vm_{action}",
+            (Step(action.replace("_", " "), run),),
+            compensate=settle_from_domain,
+        )
+    )
