@@ -218,6 +218,12 @@ STRATA_JOB_BACKOFF_SECONDS = float(os.environ.get("STRATA_JOB_BACKOFF_SECONDS", 
 # Bounded waits for a new guest: a VM that is not ready by then fails its step.
 STRATA_SSH_READY_SECONDS = int(os.environ.get("STRATA_SSH_READY_SECONDS", "300"))
 STRATA_DOCKER_READY_SECONDS = int(os.environ.get("STRATA_DOCKER_READY_SECONDS", "120"))
+# The longest one rollout on one VM may wait for its containers to turn healthy,
+# over all its replicas and checks: a release not healthy by then is rolled back.
+STRATA_ROLLOUT_HEALTH_SECONDS = float(os.environ.get("STRATA_ROLLOUT_HEALTH_SECONDS", "180"))
+# Image references every team may deploy (fnmatch patterns such as busybox:* or
+# mirror.example/*, separated by spaces or commas), besides the team's own <team>/...
+STRATA_IMAGE_ALLOWLIST = os.environ.get("STRATA_IMAGE_ALLOWLIST", "").replace(",", " ").split()
 # A graceful shutdown that takes longer than this is forced.
 STRATA_SHUTDOWN_SECONDS = int(os.environ.get("STRATA_SHUTDOWN_SECONDS", "60"))
 # The reconciler removes an orphan (a marked domain, volume or container with no

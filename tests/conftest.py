@@ -26,6 +26,13 @@ def plain_http(settings):
     settings.SECURE_SSL_REDIRECT = False
 
 
+@pytest.fixture(autouse=True)
+def test_images_allowed(settings):
+    """Every team may deploy the suite's own images (tests.remote.servers builds
+    them as strata-test/...), as an operator's allow-list would admit busybox:*."""
+    settings.STRATA_IMAGE_ALLOWLIST = ["strata-test/*"]
+
+
 @pytest.fixture
 def worker_factory(request):
     """Start real Celery worker processes on the test database.

@@ -7,8 +7,10 @@ exact release of one environment (same image digest, same spec) to the next
 kind; rollback deploys the release before the current one.
 """
 
+import fnmatch
 import re
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 
@@ -26,12 +28,12 @@ from cloud.models import (
 from tenants.models import AuditEvent, slug_name
 from workers import jobs
 from workers.remote import InvalidSpec, spread_replicas
+from workers.remote.references import ImageReference, parse_reference
 
 from .access import require_act
 from .environments import _take_lock, get_environment
 from .errors import NotFound, ValidationError
 
-IMAGE_REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,200}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?$")
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 NEXT_KIND = {"dev": "staging", "staging": "prod"}
 MAX_PORTS = 10
@@ -49,6 +51,21 @@ def _number(value, low, high) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
 
 
+def allowed_image(text, team) -> ImageReference:
+    """The reference, if well formed and one the team may run: its own
+    ``<team>/...`` images or those the operator's allow-list admits."""
+    reference = parse_reference(text)
+    canonical = str(reference)
+    own = not reference.host and reference.path.startswith(f"{team.name}/")
+    if not own and not any(
+        fnmatch.fnmatchcase(canonical, pattern) for pattern in settings.STRATA_IMAGE_ALLOWLIST
+    ):
+        raise InvalidSpec(
+            "image", f"{canonical} is not allowed for this team (use {team.name}/... images)"
+        )
+    return reference
+
+
 def validate_spec(spec: dict, team) -> dict:
     """The service spec, checked field by field; ValidationError names each bad field."""
     errors: dict[str, list[str]] = {}
@@ -56,9 +73,10 @@ def validate_spec(spec: dict, team) -> dict:
     def bad(field, message):
         errors.setdefault(field, []).append(message)
 
-    image = spec.get("image")
-    if not isinstance(image, str) or not IMAGE_REFERENCE.match(image):
-        bad("image", "must be an image reference like name:tag (lowercase, no spaces)")
+    try:
+        image = str(allowed_image(spec.get("image"), team))
+    except InvalidSpec as exc:
+        bad("image", str(exc).removeprefix("image: "))
     command = spec.get("command", [])
     if not isinstance(command, list) or not all(
         isinstance(a, str) and "\0" not in a for a in command

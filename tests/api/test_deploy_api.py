@@ -24,7 +24,7 @@ def test_deploy_answers_202_and_services_lists_it(dev):
     client, url = dev
     body = {
         "service_name": "web",
-        "image": "web:1",
+        "image": "alpha/web:1",
         "ports": [8080],
         "healthcheck": {"type": "http", "path": "/", "port": 8080},
     }
@@ -48,7 +48,7 @@ def test_deploy_answers_202_and_services_lists_it(dev):
 )
 def test_hostile_deploys_are_400_naming_the_field(dev, field, value):
     client, url = dev
-    body = {"service_name": "web", "image": "web:1", field: value}
+    body = {"service_name": "web", "image": "alpha/web:1", field: value}
     response = client.post(url + "deploy/", body, format="json")
     assert response.status_code == 400 and field in response.json()
     assert not Service.objects.exists() and not Job.objects.exists()
@@ -56,7 +56,7 @@ def test_hostile_deploys_are_400_naming_the_field(dev, field, value):
 
 def test_scale_promote_rollback_without_a_release_are_400(dev):
     client, url = dev
-    client.post(url + "deploy/", {"service_name": "web", "image": "web:1"}, format="json")
+    client.post(url + "deploy/", {"service_name": "web", "image": "alpha/web:1"}, format="json")
     Job.objects.update(state="succeeded")  # the environment is free again
     for action, body in [
         ("scale", {"service_name": "web", "replicas": 2}),

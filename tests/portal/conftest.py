@@ -35,12 +35,12 @@ def world(make_team, django_user_model, catalogue):  # noqa: F811 - the imported
         state=VMState.RUNNING, started_at=timezone.now() - timezone.timedelta(hours=3)
     )
     vm = VirtualMachine.objects.filter(environment=env).order_by("name").first()
-    service = Service.objects.create(environment=env, name="web", image="nginx:1.27")
+    service = Service.objects.create(environment=env, name="web", image="alpha/nginx:1.27")
     release = Release.objects.create(
         service=service,
         version=1,
         image_digest="sha256:" + "b" * 64,
-        spec=validate_spec({"image": "nginx:1.27"}, team),
+        spec=validate_spec({"image": "alpha/nginx:1.27"}, team),
     )
     Deployment.objects.create(environment=env, release=release, state="succeeded")
     Container.objects.create(

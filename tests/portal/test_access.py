@@ -39,7 +39,7 @@ def action_posts(team, env, vm, job):
         (reverse("portal:environment-destroy", args=[name, env.pk]), {"confirm_name": env.name}),
         (
             reverse("portal:deploy", args=[name, env.pk]),
-            {"service_name": "api", "image": "api:1", "replicas": 1},
+            {"service_name": "api", "image": f"{name}/api:1", "replicas": 1},
         ),
         (service("scale"), {"replicas": 2}),
         (service("promote"), {"target_env": "stage"}),

@@ -164,7 +164,7 @@ def test_deploy_starts_a_rollout(world, client_as):
     client = client_as(world["developer"])
     url = reverse("portal:deploy", args=["alpha", world["env"].pk])
     response = client.post(
-        url, {"service_name": "api", "image": "ghcr.io/acme/api:2", "replicas": 2, "ports": "8080"}
+        url, {"service_name": "api", "image": "alpha/api:2", "replicas": 2, "ports": "8080"}
     )
     job = Job.objects.get(kind="deploy", parent=None)
     assert response["Location"] == reverse("portal:job", args=["alpha", job.pk])
@@ -185,7 +185,7 @@ def test_deploy_starts_a_rollout(world, client_as):
 )
 def test_hostile_deploy_is_a_field_error(world, client_as, field, value):
     client = client_as(world["developer"])
-    body = {"service_name": "api", "image": "api:1", "replicas": 1, "ports": "", field: value}
+    body = {"service_name": "api", "image": "alpha/api:1", "replicas": 1, "ports": "", field: value}
     response = client.post(reverse("portal:deploy", args=["alpha", world["env"].pk]), body)
     assert response.status_code == 400
     assert response.context["deploy_form"].errors[field]

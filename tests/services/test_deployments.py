@@ -21,7 +21,7 @@ from tenants.models import Membership
 pytestmark = pytest.mark.django_db
 
 SPEC = {
-    "image": "web:1",
+    "image": "alpha/web:1",
     "ports": [8080],
     "healthcheck": {"type": "http", "path": "/", "port": 8080},
 }
@@ -69,7 +69,7 @@ def test_deploy_freezes_a_release_and_spreads_replicas(envs):
     job = deploy(team, user, env["dev"], replicas=2, ports=[])
     service = Service.objects.get(environment=env["dev"], name="web")
     release = service.releases.get()
-    assert release.version == 1 and release.spec["image"] == "web:1" and service.replicas == 2
+    assert release.version == 1 and release.spec["image"] == "alpha/web:1" and service.replicas == 2
     children = list(job.children.order_by("vm__name"))
     assert [c.params["replicas"] for c in children] == [1, 1]
     assert [s.name for s in children[0].steps.all()] == [
@@ -183,11 +183,11 @@ def test_rollback_deploys_the_release_before_the_current_one(envs):
     team, user, env = envs
     with pytest.raises(NotFound):
         deployments.rollback(user=user, team=team, env_id=env["dev"].pk, service_name="web")
-    succeed(deploy(team, user, env["dev"], image="web:1"))
-    succeed(deploy(team, user, env["dev"], image="web:2"))
+    succeed(deploy(team, user, env["dev"], image="alpha/web:1"))
+    succeed(deploy(team, user, env["dev"], image="alpha/web:2"))
     job = deployments.rollback(user=user, team=team, env_id=env["dev"].pk, service_name="web")
     deployment = Deployment.objects.get(pk=job.params["deployment"])
-    assert deployment.release.version == 1 and deployment.release.spec["image"] == "web:1"
+    assert deployment.release.version == 1 and deployment.release.spec["image"] == "alpha/web:1"
 
 
 def test_viewers_cannot_deploy(envs):

@@ -8,7 +8,9 @@ progress between steps and resume anywhere.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
 import io
 import os
 import time
@@ -36,6 +38,7 @@ from .errors import (
     InvalidSpec,
     InvalidState,
     NotFound,
+    OperationTimeout,
     libvirt_errors,
 )
 from .spec import (
@@ -61,6 +64,14 @@ DISK_SUFFIX = ".disk.qcow2"
 SEED_SUFFIX = ".seed.iso"
 CONSOLE_SUFFIX = ".log"
 SHUTDOWN_POLL_SECONDS = 0.5
+# How long an import waits for another process importing the same base; an
+# upload of a few hundred MiB takes seconds, so this only trips on a hung one.
+BASE_IMPORT_LOCK_SECONDS = 1800.0
+LOCK_POLL_SECONDS = 0.2
+# libvirt refuses to refresh a pool while a volume in it is being built (another
+# job's disk); such builds take milliseconds, so a refresh waits for them.
+POOL_REFRESH_SECONDS = 60.0
+POOL_BUSY_MESSAGE = "has asynchronous jobs running"
 # A guest still booting may miss the first ACPI event; ask again this often.
 SHUTDOWN_REPEAT_SECONDS = 10.0
 # Only metadata needs removing: internal snapshots and saved state go with the disk.
@@ -245,23 +256,39 @@ class Hypervisor:
         self._ensure_pool(self.console_pool_name, self.console_dir)
 
     def _ensure_pool(self, name: str, path: str) -> None:
+        # Jobs on a fresh host all get here at once: whatever another one did
+        # first (define, start) counts as done.
         with libvirt_errors():
-            try:
-                pool = self._conn.storagePoolLookupByName(name)
-            except libvirt.libvirtError as error:
-                if error.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
-                    raise
+            pool = self._find_pool(name)
+            if pool is None:
                 root = ET.Element("pool", type="dir")
                 ET.SubElement(root, "name").text = name
                 target = ET.SubElement(root, "target")
                 ET.SubElement(target, "path").text = path
-                pool = self._conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"))
+                try:
+                    pool = self._conn.storagePoolDefineXML(ET.tostring(root, encoding="unicode"))
+                except libvirt.libvirtError:
+                    pool = self._find_pool(name)
+                    if pool is None:
+                        raise
             if not pool.isActive():
-                # Building an existing directory only fixes its permissions.
-                pool.build(0)
-                pool.create(0)
+                try:
+                    # Building an existing directory only fixes its permissions.
+                    pool.build(0)
+                    pool.create(0)
+                except libvirt.libvirtError:
+                    if not pool.isActive():
+                        raise
             if not pool.autostart():
                 pool.setAutostart(1)
+
+    def _find_pool(self, name: str) -> libvirt.virStoragePool | None:
+        try:
+            return self._conn.storagePoolLookupByName(name)
+        except libvirt.libvirtError as error:
+            if error.get_error_code() != libvirt.VIR_ERR_NO_STORAGE_POOL:
+                raise
+            return None
 
     def _pool(self, name: str | None = None) -> libvirt.virStoragePool:
         with libvirt_errors():
@@ -277,6 +304,21 @@ class Hypervisor:
                     return None
                 raise
 
+    @staticmethod
+    def _refresh(pool: libvirt.virStoragePool) -> None:
+        deadline = time.monotonic() + POOL_REFRESH_SECONDS
+        while True:
+            try:
+                pool.refresh(0)
+                return
+            except libvirt.libvirtError as error:
+                busy = POOL_BUSY_MESSAGE in (error.get_error_message() or "")
+                if not busy:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise OperationTimeout(f"pool {pool.name()} stayed busy", error) from error
+            time.sleep(LOCK_POLL_SECONDS)
+
     def _upload(self, volume: libvirt.virStorageVol, read_chunk, length: int) -> None:
         stream = self._conn.newStream(0)
         try:
@@ -290,20 +332,56 @@ class Hypervisor:
                 pass
             raise
 
+    def base_import_lock_path(self, image_name: str) -> str:
+        """The file whose lock serialises imports of one base into this pool."""
+        require_match("image_name", image_name, LIBVIRT_OBJECT_NAME_PATTERN, "an image name")
+        return os.path.join(self.data_dir, "locks", f"{self.pool_name}.{image_name}.import.lock")
+
+    @contextlib.contextmanager
+    def _base_import_lock(self, image_name: str) -> Iterator[None]:
+        """Hold an exclusive flock for importing ``image_name``: worker processes
+        sharing this data dir import a base one at a time, and the kernel drops
+        the lock of a process that dies, so a crash never leaves it held."""
+        path = self.base_import_lock_path(image_name)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            # Closed in the finally below, which also releases the lock.
+            lock_file = open(path, "a")
+        except OSError as error:
+            raise HypervisorError(f"cannot open the import lock {path}: {error}") from error
+        deadline = time.monotonic() + BASE_IMPORT_LOCK_SECONDS
+        try:
+            while True:
+                try:
+                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise OperationTimeout(
+                            f"another import of {image_name}{BASE_SUFFIX} held its lock "
+                            f"for {BASE_IMPORT_LOCK_SECONDS:.0f} s"
+                        ) from None
+                    time.sleep(LOCK_POLL_SECONDS)
+            yield
+        finally:
+            lock_file.close()
+
     def import_base_image(self, image_name: str, source_path: str | Path) -> StrataVolume:
         """Upload a checked qcow2 image (a local file) as base volume ``image_name``.
 
-        Runs once per image: a complete volume of the same size is reused. A
-        volume cut short by a crash mid-upload is smaller, and is replaced,
-        unless a VM disk is backed by it: then the name already belongs to
-        other content and InvalidState is raised (name bases by content).
+        Runs once per image: a complete volume of the same size is reused. Jobs
+        importing the same base at once take turns (a per-pool, per-base lock),
+        so only a volume cut short by a crash mid-upload is ever seen smaller
+        than its source; it is replaced, unless a VM disk is backed by it: then
+        the name already belongs to other content and InvalidState is raised
+        (name bases by content).
         """
         require_match("image_name", image_name, LIBVIRT_OBJECT_NAME_PATTERN, "an image name")
         source_size = os.path.getsize(source_path)
         volume_name = image_name + BASE_SUFFIX
         pool = self._pool()
-        with libvirt_errors():
-            pool.refresh(0)
+        with self._base_import_lock(image_name), libvirt_errors():
+            self._refresh(pool)
             volume = self._volume(volume_name)
             if volume is not None and self._is_complete_base(volume, source_size):
                 return self._describe(volume)
@@ -318,7 +396,7 @@ class Hypervisor:
             volume = pool.createXML(self._volume_xml(volume_name, 0, "raw"), 0)
             with open(source_path, "rb") as source:
                 self._upload(volume, source.read, source_size)
-            pool.refresh(0)
+            self._refresh(pool)
             volume = pool.storageVolLookupByName(volume_name)
             if not self._is_complete_base(volume, source_size):
                 volume.delete(0)
@@ -414,7 +492,7 @@ class Hypervisor:
         """Every volume in Strata's pool, classified by name (for orphan detection)."""
         pool = self._pool()
         with libvirt_errors():
-            pool.refresh(0)
+            self._refresh(pool)
             return sorted(
                 (self._describe(volume) for volume in pool.listAllVolumes(0)),
                 key=lambda volume: volume.name,
@@ -437,7 +515,7 @@ class Hypervisor:
             if pool_name == self.console_pool_name:
                 # virtlogd, not libvirt's storage API, made the log: the pool
                 # knows it only after a refresh.
-                self._pool(pool_name).refresh(0)
+                self._refresh(self._pool(pool_name))
             volume = self._volume(name, pool_name)
             if volume is None:
                 return

@@ -25,11 +25,13 @@ from workers.hypervisor import find_free_loopback_ports
 from workers.jobs import Plan, Step, StepContext, UserError, register
 from workers.remote import (
     HealthCheck,
+    InvalidSpec,
     RolloutFailed,
     ServiceSpec,
     list_containers,
     roll_out,
 )
+from workers.remote.references import parse_reference
 from workers.steps.vm import connect, domain_spec, hypervisor, vm_of
 
 
@@ -95,6 +97,25 @@ def service_spec(release: Release, vm, replicas: int, secrets: dict[str, str]) -
     )
 
 
+def engine_image_id(text: str) -> str:
+    """The id of the image the manager's engine holds under exactly this reference.
+
+    Only a reference that passed the grammar reaches the engine's API, and the
+    image found must carry it: the engine would also answer an id prefix.
+    """
+    try:
+        reference = parse_reference(text)
+        found = local_engine().api.inspect_image(str(reference))
+    except InvalidSpec as exc:
+        raise UserError(f"image {text!r} is not a valid reference: {exc}") from exc
+    except docker.errors.ImageNotFound:
+        found = {}
+    names = [*(found.get("RepoTags") or []), *(found.get("RepoDigests") or [])]
+    if not any(reference.matches(name) for name in names):
+        raise UserError(f"image {str(reference)!r} is not in the manager's Docker engine")
+    return found["Id"]
+
+
 def resolve_image(ctx: StepContext) -> None:
     """Pin the release to the manager engine's image id, once."""
     with transaction.atomic():
@@ -102,12 +123,7 @@ def resolve_image(ctx: StepContext) -> None:
         if release.image_digest:
             ctx.log(f"{release.spec['image']} is {release.image_digest}")
             return
-        try:
-            image_id = local_engine().api.inspect_image(release.spec["image"])["Id"]
-        except docker.errors.ImageNotFound as exc:
-            raise UserError(
-                f"image {release.spec['image']!r} is not in the manager's Docker engine"
-            ) from exc
+        image_id = engine_image_id(release.spec["image"])
         Release.objects.filter(pk=release.pk).update(image_digest=image_id)
     ctx.log(f"{release.spec['image']} resolved to {image_id}")
 
