@@ -1,0 +1,418 @@
+"""Environment networks: XML, validation of hostile values, and the driver on
+libvirt's test driver (which supports define, start, update and undefine of
+networks but builds no bridge and starts no dnsmasq, so nothing touches the
+machine's own network namespace).
+
+The XML is also checked against libvirt's own RelaxNG schemas with
+virt-xml-validate (libvirt-clients), as the test driver parses leniently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import threading
+import uuid
+import xml.etree.ElementTree as ET
+
+import libvirt
+import pytest
+
+from workers.hypervisor import InvalidSpec, InvalidState, NotFound, build_domain_xml
+from workers.hypervisor.network import (
+    NETWORK_NAME_PREFIX,
+    DhcpHost,
+    DnsHost,
+    NetworkConfig,
+    NetworkDriver,
+    NetworkInterface,
+    bridge_name_for,
+    build_network_xml,
+    default_dhcp_range,
+    mac_address_for,
+)
+from workers.hypervisor.spec import LibvirtNetwork
+
+from .conftest import make_spec
+
+SUBNET = "10.77.1.0/24"
+WEB = DhcpHost(mac_address_for("101"), "10.77.1.10", "web-1")
+API = DhcpHost(mac_address_for("102"), "10.77.1.11", "api-1")
+
+
+def make_config(**overrides) -> NetworkConfig:
+    values = dict(
+        environment_id="7",
+        uuid=str(uuid.UUID(int=7)),
+        environment_name="dev",
+        team_name="acme",
+        subnet=SUBNET,
+        dhcp_range=default_dhcp_range(SUBNET),
+        dhcp_hosts=(WEB, API),
+        dns_hosts=(DnsHost("10.77.1.11", ("api",)),),
+    )
+    values.update(overrides)
+    return NetworkConfig(**values)
+
+
+def parse(config: NetworkConfig) -> ET.Element:
+    return ET.fromstring(build_network_xml(config))  # noqa: S314 - our own output
+
+
+@pytest.fixture
+def driver():
+    """A NetworkDriver on the test driver; its state is shared by every
+    connection of this process, so Strata's networks are removed afterwards."""
+    conn = libvirt.open("test:///default")
+    network_driver = NetworkDriver(conn)
+    try:
+        yield network_driver
+    finally:
+        for network in network_driver.list():
+            network_driver.remove(network.name)
+        conn.close()
+
+
+# --- XML -------------------------------------------------------------------
+
+
+def test_isolated_network_structure():
+    root = parse(make_config())
+    assert root.findtext("name") == "strata-7"
+    assert root.findtext("uuid") == str(uuid.UUID(int=7))
+    assert root.find("forward") is None, "isolated by default: no <forward>"
+    bridge = root.find("bridge").get("name")
+    assert bridge == bridge_name_for("7") and len(bridge) <= 15
+    assert root.find("domain").attrib == {"name": "dev.acme.strata", "localOnly": "yes"}
+    assert root.find("ip").attrib == {"address": "10.77.1.1", "prefix": "24"}
+    assert root.find("ip/dhcp/range").attrib == {"start": "10.77.1.128", "end": "10.77.1.254"}
+    hosts = [host.attrib for host in root.iterfind("ip/dhcp/host")]
+    assert hosts == [
+        {"mac": WEB.mac_address, "name": "web-1", "ip": "10.77.1.10"},
+        {"mac": API.mac_address, "name": "api-1", "ip": "10.77.1.11"},
+    ]
+    (record,) = root.iterfind("dns/host")
+    assert record.get("ip") == "10.77.1.11"
+    assert [name.text for name in record.iterfind("hostname")] == ["api"]
+    assert root.find("mtu") is None
+
+
+@pytest.mark.parametrize("mode", ["nat", "route"])
+def test_egress_modes_render_a_forward(mode):
+    root = parse(make_config(egress=mode, mtu=1450))
+    assert root.find("forward").attrib == {"mode": mode}
+    assert root.find("mtu").attrib == {"size": "1450"}
+
+
+def test_gateway_is_the_first_host_and_range_the_upper_half():
+    config = make_config(subnet="10.77.8.0/28", dhcp_range=default_dhcp_range("10.77.8.0/28"))
+    assert config.gateway == "10.77.8.1"
+    assert config.dhcp_range == ("10.77.8.8", "10.77.8.14")
+
+
+def test_names_derived_from_ids_are_stable_short_and_distinct():
+    assert bridge_name_for("7") == bridge_name_for("7")
+    bridges = {bridge_name_for(str(n)) for n in range(20000)}
+    assert len(bridges) == 20000
+    assert all(len(name) == 15 and name.startswith("sbr-") for name in bridges)
+    long_id = "f" * 64
+    assert len(bridge_name_for(long_id)) == 15
+    assert mac_address_for("101") == mac_address_for("101") != mac_address_for("102")
+    assert mac_address_for("101").startswith("52:54:00:")
+
+
+def virt_xml_validate(tmp_path, xml_text: str, schema: str) -> None:
+    if shutil.which("virt-xml-validate") is None or shutil.which("xmllint") is None:
+        pytest.skip("virt-xml-validate needs libvirt-clients and libxml2-utils")
+    path = tmp_path / f"{schema}.xml"
+    path.write_text(xml_text)
+    result = subprocess.run(
+        ["virt-xml-validate", str(path), schema], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("egress", [None, "nat", "route"])
+def test_network_xml_passes_libvirts_schema(tmp_path, egress):
+    virt_xml_validate(tmp_path, build_network_xml(make_config(egress=egress, mtu=1450)), "network")
+
+
+def test_interface_element_fits_a_domain(tmp_path):
+    interface = NetworkInterface.for_vm("101", "7")
+    element = interface.element()
+    assert element.get("type") == "network"
+    assert element.find("source").attrib == {"network": "strata-7"}
+    assert element.find("mac").attrib == {"address": WEB.mac_address}
+    assert element.find("model").attrib == {"type": "virtio"}
+    # The existing domain builder accepts the same network and MAC.
+    spec = make_spec(network=LibvirtNetwork(network="strata-7", mac_address=WEB.mac_address))
+    domain = ET.fromstring(build_domain_xml(spec))  # noqa: S314 - our own output
+    built = domain.find("devices/interface")
+    assert ET.tostring(built) == ET.tostring(element)
+    virt_xml_validate(tmp_path, ET.tostring(domain, encoding="unicode"), "domain")
+
+
+def web_with(**changes) -> dict:
+    return {"dhcp_hosts": (dataclasses.replace(WEB, **changes),)}
+
+
+def api_with(**changes) -> dict:
+    return {"dhcp_hosts": (WEB, dataclasses.replace(API, **changes))}
+
+
+def dns(*records: tuple[str, tuple[str, ...]]) -> dict:
+    return {"dns_hosts": tuple(DnsHost(ip, names) for ip, names in records)}
+
+
+HOSTILE = [
+    ("environment_id", {"environment_id": "../7"}),
+    ("uuid", {"uuid": "not-a-uuid"}),
+    ("environment_name", {"environment_name": "Dev"}),
+    ("environment_name", {"environment_name": "dev.prod"}),
+    ("environment_name", {"environment_name": "dev'/><forward mode='nat"}),
+    ("team_name", {"team_name": "-acme"}),
+    ("team_name", {"team_name": "a" * 64}),
+    ("subnet", {"subnet": "10.77.1.5/24"}),
+    ("subnet", {"subnet": "8.8.8.0/24"}),
+    ("subnet", {"subnet": "127.0.0.0/24"}),
+    ("subnet", {"subnet": "169.254.0.0/24"}),
+    ("subnet", {"subnet": "fd00::/64"}),
+    ("subnet", {"subnet": " 10.77.1.0/24"}),
+    ("subnet prefix", {"subnet": "10.77.1.0/30"}),
+    ("dhcp_range", {"dhcp_range": ("10.77.1.254", "10.77.1.128")}),
+    ("dhcp_range", {"dhcp_range": ("10.77.1.1", "10.77.1.20")}),
+    ("dhcp_range", {"dhcp_range": ("10.77.1.128",)}),
+    ("dhcp_range[1]", {"dhcp_range": ("10.77.1.128", "10.77.2.5")}),
+    ("dhcp_range[1]", {"dhcp_range": ("10.77.1.128", "10.77.1.255")}),
+    ("dhcp_range[0]", {"dhcp_range": ("10.77.1.0128", "10.77.1.254")}),
+    ("egress", {"egress": "bridge"}),
+    ("mtu", {"mtu": 100}),
+    ("mtu", {"mtu": True}),
+    ("dhcp_hosts", {"dhcp_hosts": [WEB]}),
+    ("dhcp_hosts[0]", {"dhcp_hosts": ("web",)}),
+    ("dhcp_hosts[0].ip", web_with(ip="10.77.1.200")),
+    ("dhcp_hosts[0].ip", web_with(ip="10.77.1.1")),
+    ("dhcp_hosts[0].ip", web_with(ip="10.77.9.10")),
+    ("dhcp_hosts[0].mac_address", web_with(mac_address="52:54:00:AA:bb:cc")),
+    ("dhcp_hosts[0].mac_address", web_with(mac_address="00:16:3e:aa:bb:cc")),
+    ("dhcp_hosts[0].hostname", web_with(hostname="web<1>")),
+    ("dhcp_hosts[1].mac_address", api_with(mac_address=WEB.mac_address)),
+    ("dhcp_hosts[1].ip", api_with(ip=WEB.ip)),
+    ("dhcp_hosts[1].hostname", api_with(hostname="web-1")),
+    ("dns_hosts[0].ip", dns(("10.77.2.1", ("api",)))),
+    ("dns_hosts[0].hostnames", dns(("10.77.1.11", ()))),
+    ("dns_hosts[0].hostnames", dns(("10.77.1.11", ("api", "api")))),
+    ("dns_hosts[0].hostnames[0]", dns(("10.77.1.11", ("api..x",)))),
+    ("dns_hosts[0].hostnames[0]", dns(("10.77.1.11", ("api\n",)))),
+    ("dns_hosts[0].hostnames[1]", dns(("10.77.1.11", ("api", "a" * 254)))),
+    ("dns_hosts[1].ip", dns(("10.77.1.11", ("a",)), ("10.77.1.11", ("b",)))),
+    ("dns_hosts[1].hostnames", dns(("10.77.1.11", ("a",)), ("10.77.1.12", ("a",)))),
+]
+
+
+@pytest.mark.parametrize(("field", "overrides"), HOSTILE)
+def test_hostile_values_are_refused_naming_the_field(field, overrides):
+    with pytest.raises(InvalidSpec) as refused:
+        build_network_xml(make_config(**overrides))
+    assert refused.value.field == field
+
+
+@pytest.mark.parametrize(
+    ("field", "interface"),
+    [
+        ("network", NetworkInterface("default", WEB.mac_address)),
+        ("network", NetworkInterface("strata-7'/><x", WEB.mac_address)),
+        ("mac_address", NetworkInterface("strata-7", "52:54:00:aa:bb")),
+    ],
+)
+def test_hostile_interface_values_are_refused(field, interface):
+    with pytest.raises(InvalidSpec) as refused:
+        interface.element()
+    assert refused.value.field == field
+
+
+# --- driver on test:///default ---------------------------------------------
+
+
+def test_ensure_defines_starts_and_converges(driver):
+    config = make_config()
+    first = driver.ensure(config)
+    assert first.active and first.name == "strata-7" and first.bridge == config.bridge
+    assert first.dhcp_hosts == (WEB, API) and first.dns_hosts == config.dns_hosts
+    assert driver.ensure(config) == first, "a second ensure changes nothing"
+    assert [network.name for network in driver.list()] == ["strata-7"]
+    assert driver._conn.networkLookupByName("strata-7").autostart() == 1
+
+
+def test_ensure_restarts_a_stopped_network(driver):
+    driver.ensure(make_config())
+    driver._conn.networkLookupByName("strata-7").destroy()
+    assert driver.get("strata-7").active is False
+    assert driver.ensure(make_config()).active is True
+
+
+def test_ensure_refuses_a_network_with_another_subnet_and_changes_nothing(driver):
+    driver.ensure(make_config())
+    other = make_config(subnet="10.77.2.0/24", dhcp_range=default_dhcp_range("10.77.2.0/24"))
+    with pytest.raises(InvalidState, match="address"):
+        driver.ensure(dataclasses.replace(other, dhcp_hosts=(), dns_hosts=()))
+    assert driver.get("strata-7").dhcp_hosts == (WEB, API)
+    with pytest.raises(InvalidState, match="uuid"):
+        driver.ensure(make_config(uuid=str(uuid.UUID(int=8))))
+
+
+def test_list_shows_only_strata_networks(driver):
+    driver.ensure(make_config())
+    driver.ensure(
+        make_config(
+            environment_id="8",
+            uuid=str(uuid.UUID(int=8)),
+            environment_name="prod",
+            subnet="10.77.2.0/24",
+            dhcp_range=default_dhcp_range("10.77.2.0/24"),
+            dhcp_hosts=(),
+            dns_hosts=(),
+        )
+    )
+    names = [network.name for network in driver.list()]
+    assert names == ["strata-7", "strata-8"]
+    assert "default" in driver._conn.listNetworks(), "the test driver's own network is there"
+    assert all(name.startswith(NETWORK_NAME_PREFIX) for name in names)
+
+
+def test_remove_is_idempotent_and_leaves_nothing(driver):
+    driver.ensure(make_config())
+    assert driver.remove("strata-7") is True
+    assert driver.remove("strata-7") is False
+    assert driver.list() == []
+    with pytest.raises(NotFound):
+        driver.get("strata-7")
+    with pytest.raises(InvalidSpec) as refused:
+        driver.remove("default")
+    assert refused.value.field == "name"
+
+
+def test_dns_records_are_added_and_removed_live_idempotently(driver):
+    driver.ensure(make_config(dns_hosts=()))
+    record = DnsHost("10.77.1.11", ("api", "api.dev.acme.strata"))
+    assert driver.put_dns_host("strata-7", record) is True
+    assert driver.put_dns_host("strata-7", record) is False, "adding it again is no error"
+    assert driver.get("strata-7").dns_hosts == (record,)
+    assert driver.remove_dns_host("strata-7", "10.77.1.11") is True
+    assert driver.remove_dns_host("strata-7", "10.77.1.11") is False, "missing is no error"
+    assert driver.get("strata-7").dns_hosts == ()
+
+
+def test_a_name_moving_to_another_address_replaces_its_record(driver):
+    driver.ensure(make_config())
+    moved = DnsHost("10.77.1.12", ("api",))
+    assert driver.put_dns_host("strata-7", moved) is True
+    assert driver.get("strata-7").dns_hosts == (moved,)
+
+
+def test_dhcp_hosts_are_reserved_and_released_live_idempotently(driver):
+    driver.ensure(make_config(dhcp_hosts=(WEB,)))
+    assert driver.put_dhcp_host("strata-7", API) is True
+    assert driver.put_dhcp_host("strata-7", API) is False
+    assert driver.get("strata-7").dhcp_hosts == (WEB, API)
+    readdressed = dataclasses.replace(API, ip="10.77.1.20")
+    assert driver.put_dhcp_host("strata-7", readdressed) is True
+    assert driver.get("strata-7").dhcp_hosts == (WEB, readdressed)
+    assert driver.remove_dhcp_host("strata-7", API.mac_address) is True
+    assert driver.remove_dhcp_host("strata-7", API.mac_address) is False
+    assert driver.get("strata-7").dhcp_hosts == (WEB,)
+
+
+def test_records_of_a_stopped_network_go_to_its_config(driver):
+    driver.ensure(make_config(dns_hosts=()))
+    driver._conn.networkLookupByName("strata-7").destroy()
+    assert driver.put_dns_host("strata-7", DnsHost("10.77.1.11", ("api",))) is True
+    network = driver.ensure(make_config())
+    assert network.active and network.dns_hosts == (DnsHost("10.77.1.11", ("api",)),)
+
+
+def test_hostile_records_are_refused_before_libvirt(driver):
+    driver.ensure(make_config())
+    with pytest.raises(InvalidSpec) as refused:
+        driver.put_dns_host("strata-7", DnsHost("10.77.9.1", ("api",)))
+    assert refused.value.field == "record.ip"
+    with pytest.raises(InvalidSpec) as refused:
+        driver.put_dhcp_host("strata-7", dataclasses.replace(API, hostname="api;reboot"))
+    assert refused.value.field == "record.hostname"
+    with pytest.raises(InvalidSpec) as refused:
+        driver.remove_dns_host("strata-7", "10.77.1.11/32")
+    assert refused.value.field == "ip"
+    with pytest.raises(NotFound):
+        driver.put_dns_host("strata-9", DnsHost("10.77.1.11", ("api",)))
+    assert driver.get("strata-7").dns_hosts == (DnsHost("10.77.1.11", ("api",)),)
+
+
+def test_sync_records_repairs_drift(driver):
+    config = make_config()
+    driver.ensure(config)
+    network = driver._conn.networkLookupByName("strata-7")
+    flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+    stray = "<host ip='10.77.1.50'><hostname>stray</hostname></host>"
+    network.update(
+        libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST,
+        libvirt.VIR_NETWORK_SECTION_DNS_HOST,
+        -1,
+        stray,
+        flags,
+    )
+    driver.remove_dhcp_host("strata-7", WEB.mac_address)
+    assert driver.sync_records("strata-7", config.dhcp_hosts, config.dns_hosts) is True
+    repaired = driver.get("strata-7")
+    assert set(repaired.dhcp_hosts) == {WEB, API} and repaired.dns_hosts == config.dns_hosts
+    assert driver.sync_records("strata-7", config.dhcp_hosts, config.dns_hosts) is False
+
+
+def test_two_writers_at_once_both_land(driver):
+    """Two workers adding records to one network at the same moment (each on
+    its own connection) must both succeed, and re-adding must stay quiet."""
+    driver.ensure(make_config(dns_hosts=()))
+    records = [DnsHost(f"10.77.1.{20 + n}", (f"svc-{n}",)) for n in range(8)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def writer(mine: list[DnsHost]) -> None:
+        conn = libvirt.open("test:///default")
+        try:
+            start.wait()
+            for record in mine:
+                NetworkDriver(conn).put_dns_host("strata-7", record)
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=writer, args=(records[n::2],)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert errors == []
+    assert sorted(driver.get("strata-7").dns_hosts, key=lambda r: r.ip) == records
+
+
+def test_a_writer_racing_between_read_and_update_is_retried(driver, monkeypatch):
+    """The race the threads above rarely hit, forced: another worker adds the
+    same record after our read, so libvirt refuses our add; the driver reads
+    again, finds the record and reports no change instead of failing."""
+    from workers.hypervisor import network as network_module
+
+    driver.ensure(make_config(dns_hosts=()))
+    record = DnsHost("10.77.1.11", ("api",))
+    real_update = network_module._update
+    raced = []
+
+    def update_after_a_rival(network, command, section, wanted, flags):
+        if not raced:
+            raced.append(True)
+            real_update(network, command, section, wanted, flags)
+        real_update(network, command, section, wanted, flags)
+
+    monkeypatch.setattr(network_module, "_update", update_after_a_rival)
+    assert driver.put_dns_host("strata-7", record) is False
+    assert raced and driver.get("strata-7").dns_hosts == (record,)
