@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Start the daemons Strata needs, each only if it is not already answering.
 # No systemd on our test machines: where systemd is PID 1 we use it, otherwise
-# we start the daemons directly.  Usage: scripts/services.sh [redis] [libvirt] [docker] [postgres] [sshd]
+# we start the daemons directly.
+# Usage: scripts/services.sh [redis] [libvirt] [docker] [postgres] [sshd] [kvm]
 set -euo pipefail
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(redis libvirt docker)
 log_dir=${STRATA_LOG_DIR:-/var/log/strata}
 mkdir -p "$log_dir"
 has_systemd() { [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; }
+has_udev() { pgrep -x systemd-udevd >/dev/null || pgrep -x udevd >/dev/null; }
+kvm_device=${STRATA_KVM_DEVICE:-/dev/kvm}
 
 wait_for() {  # wait_for DESCRIPTION COMMAND...
   local what=$1; shift
@@ -26,7 +29,27 @@ start_redis() {
   wait_for redis redis-cli -h 127.0.0.1 ping
 }
 
+start_kvm() {
+  # Without udev the node stays root:root 0600: libvirt's QEMU user cannot open
+  # it, so libvirt finds its cached QEMU capabilities stale at every lookup and
+  # probes QEMU again (minutes per define under load).  Set what udev's rule does.
+  # A libvirtd already running probes once more at its next lookup, then keeps
+  # the result: no restart needed.
+  [ -c "$kvm_device" ] || return 0
+  has_udev && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "services: not root; $kvm_device left as it is" >&2; return 0
+  fi
+  if ! getent group kvm >/dev/null; then
+    echo "services: no kvm group; $kvm_device left as it is" >&2; return 0
+  fi
+  chgrp kvm "$kvm_device"
+  chmod 0660 "$kvm_device"
+}
+
 start_libvirt() {
+  # Before libvirtd starts, so its first capability probe sees the final mode.
+  start_kvm
   if has_systemd; then systemctl start virtlogd libvirtd
   else
     pgrep -x virtlogd >/dev/null || virtlogd -d

@@ -5,6 +5,8 @@ import docker
 import pytest
 
 from cloud.models import Environment, Flavor, Image, Job, Release, Service, VirtualMachine
+from cloud.services.deployments import validate_spec
+from cloud.services.errors import ValidationError
 from tests.remote.servers import build_web_images, remove_web_images
 from workers.jobs import UserError
 from workers.steps.deploy import engine_image_id
@@ -42,7 +44,6 @@ def post(client, url, image):
         "registry.invalid/../../x",
         "alpha/./web:1",
         "alpha/../beta/web:1",
-        "alpha/web:1\n",
         "Alpha/web:1",
         "alpha/web:1@sha256:" + "0" * 63,
         "alpha/web: 1",
@@ -58,6 +59,15 @@ def test_malformed_references_are_400_naming_image(dev, image):
     assert "image" in response.json()
     assert not Service.objects.exists() and not Release.objects.exists()
     assert not Job.objects.exists()
+
+
+@pytest.mark.parametrize("image", ["alpha/web:1\n", "\talpha/web:1", "alpha/web:1 "])
+def test_surrounding_whitespace_is_refused_not_trimmed(make_team, image):
+    """Finding 10: the grammar is a full match; a trailing newline is not a reference."""
+    team, _ = make_team("alpha")
+    with pytest.raises(ValidationError) as raised:
+        validate_spec({"image": image}, team)
+    assert "image" in raised.value.message_dict
 
 
 @pytest.mark.parametrize("image", ["beta/web:1", "busybox:1.36", "ghcr.io/alpha/web:1"])

@@ -228,6 +228,19 @@ class Hypervisor:
             free_bytes = self._conn.getFreeMemory()
         return HostCapacity(cpus=cpus, memory_mib=memory_mib, free_memory_mib=free_bytes // 2**20)
 
+    def warm_capabilities(self) -> None:
+        """Ask libvirtd for the host's capabilities and those of this virt type's
+        domains, so it probes QEMU now (seconds on a fresh host), not in the
+        first job's define. A driver without domain capabilities (test) is fine."""
+        with libvirt_errors():
+            self._conn.getCapabilities()
+            try:
+                # The architecture and machine every Strata domain uses.
+                self._conn.getDomainCapabilities(None, "x86_64", "q35", self.virt_type, 0)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                    raise
+
     # -- naming -----------------------------------------------------------
 
     @property
