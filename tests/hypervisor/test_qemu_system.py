@@ -175,9 +175,9 @@ def test_disk_is_an_overlay_not_a_copy(hypervisor, images):
             assert os.stat(path).st_blocks * 512 < MIB
         timings[size] = statistics.median(runs)
     print(f"overlay creation: small base {timings['small']:.3f} s, large {timings['large']:.3f} s")
-    assert max(timings.values()) < 0.5
-    # Copying 512 MiB takes seconds; an overlay costs the same whatever the base's size.
-    assert timings["large"] < timings["small"] + 0.25
+    # That nothing was copied is asserted on the blocks above; time only bounds
+    # a loaded machine's metadata writes.
+    assert max(timings.values()) < 10
 
 
 def test_create_disk_again_keeps_the_disk(hypervisor, images):
@@ -248,7 +248,8 @@ def test_guest_ignoring_acpi_is_forced_off(hypervisor, images):
         hypervisor.start(spec.uuid)
         started = time.monotonic()
         assert hypervisor.shutdown(spec.uuid, timeout=2) is False
-        assert 2 <= time.monotonic() - started < 10
+        # Forced only after its timeout; the upper bound is one a loaded machine meets.
+        assert 2 <= time.monotonic() - started < 60
         assert hypervisor.state(spec.uuid) is DomainState.SHUTOFF
         stats = hypervisor.domain_stats(spec.uuid)
         assert (stats.vcpus, stats.max_memory_mib) == (1, 64)

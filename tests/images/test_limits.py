@@ -1,6 +1,5 @@
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -25,14 +24,13 @@ def test_address_space_limit_makes_a_large_allocation_fail():
 
 
 def test_cpu_limit_kills_a_busy_loop():
-    started = time.monotonic()
     with pytest.raises(LimitedCommandError, match="killed by SIGXCPU") as caught:
         run_limited(
             [sys.executable, "-c", "while True: pass"],
             ResourceLimits(cpu_seconds=1, wall_timeout_seconds=30),
         )
+    # SIGXCPU, not the wall timeout: the CPU limit ended it, however busy the machine.
     assert caught.value.returncode == -signal.SIGXCPU
-    assert time.monotonic() - started < 10
 
 
 def test_wall_timeout_kills_the_whole_process_group(tmp_path):
