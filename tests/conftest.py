@@ -40,44 +40,24 @@ def worker_factory(request):
     ``start(queue, include=[modules])`` returns the Popen; every worker is
     SIGKILLed with its pool at the end of the test.
     """
-    import os
-    import signal
-    import subprocess
-    from pathlib import Path
-
     from django.db import connection
 
-    db = connection.settings_dict
-    if db["ENGINE"] != "django.db.backends.postgresql":
+    from tests.support import database_url, kill_worker, start_worker
+
+    if connection.settings_dict["ENGINE"] != "django.db.backends.postgresql":
         pytest.skip("worker tests share the database with another process: needs PostgreSQL")
-    host, port = db["HOST"] or "127.0.0.1", db["PORT"] or 5432
-    url = f"postgres://{db['USER']}:{db['PASSWORD']}@{host}:{port}/{db['NAME']}"
+    url = database_url(connection.settings_dict)
     procs = []
 
     def start(queue: str, include=(), **env):
-        from tests.support import worker_argv
-
-        cmd = worker_argv(queue, f"{queue}-{len(procs)}", include)
-        proc = subprocess.Popen(
-            cmd,
-            cwd=Path(__file__).resolve().parents[1],
-            start_new_session=True,
-            env={**os.environ, "DATABASE_URL": url, **env},
-        )
+        proc = start_worker(queue, f"{queue}-{len(procs)}", {"DATABASE_URL": url, **env}, include)
         procs.append(proc)
         return proc
 
-    def kill(proc):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=30)
-
-    start.kill = kill
+    start.kill = kill_worker
     yield start
     for proc in procs:
-        kill(proc)
+        kill_worker(proc)
 
 
 @pytest.fixture

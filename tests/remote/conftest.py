@@ -6,7 +6,7 @@ import docker
 import pytest
 
 from workers.remote import SSHConnection
-from workers.remote.services import LABEL_SERVICE_ID
+from workers.remote.services import LABEL_ENVIRONMENT_ID
 
 from .servers import (
     HOST_DOCKER_SOCKET,
@@ -87,14 +87,22 @@ def web_images(local_engine):
     remove_web_images(local_engine, tags)
 
 
-def remove_strata_containers(engine):
-    for container in engine.containers.list(all=True, filters={"label": LABEL_SERVICE_ID}):
+# The environment label of every service these tests roll out.  A real Strata's
+# environment ids are numbers, so this never matches another installation's.
+TEST_ENVIRONMENT_ID = "env-1"
+
+
+def remove_test_containers(engine):
+    ours = {"label": f"{LABEL_ENVIRONMENT_ID}={TEST_ENVIRONMENT_ID}"}
+    for container in engine.containers.list(all=True, filters=ours):
         container.remove(force=True)
 
 
 @pytest.fixture
 def clean_host_engine(local_engine):
-    """Removes every Strata-labelled container from the host engine, even on failure."""
-    remove_strata_containers(local_engine)
+    """Removes the containers these tests roll out on the host engine, even on failure.
+
+    Only theirs: a `make run` or another suite may share the engine."""
+    remove_test_containers(local_engine)
     yield local_engine
-    remove_strata_containers(local_engine)
+    remove_test_containers(local_engine)

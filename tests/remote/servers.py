@@ -16,6 +16,7 @@ import subprocess
 import tarfile
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -262,11 +263,16 @@ def build_on_top(engine, base: str, tag: str, page: bytes):
 
 
 def build_web_images(engine: docker.DockerClient) -> tuple[str, str]:
-    """Two busybox httpd images; the second is the first plus one small layer."""
-    v1, v2 = f"{TEST_IMAGE_REPO}:1", f"{TEST_IMAGE_REPO}:2"
+    """Two busybox httpd images; the second is the first plus one small layer.
+
+    Each call gets a repository of its own, so no earlier image loses its tag
+    (and turns dangling) and removing these tags removes exactly what was made.
+    """
+    repository = f"{TEST_IMAGE_REPO}-{uuid.uuid4().hex[:8]}"
+    v1, v2 = f"{repository}:1", f"{repository}:2"
     engine.api.import_image_from_data(
         busybox_rootfs_tar(),
-        repository=TEST_IMAGE_REPO,
+        repository=repository,
         tag="1",
         changes=['CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]'],
     )
@@ -275,9 +281,9 @@ def build_web_images(engine: docker.DockerClient) -> tuple[str, str]:
 
 
 def remove_web_images(engine: docker.DockerClient, tags: tuple[str, ...]) -> None:
+    """Remove these tags' images and their untagged build layers, nothing else."""
     for tag in reversed(tags):
         try:
             engine.images.remove(tag, force=True)
         except docker.errors.ImageNotFound:
             pass
-    engine.images.prune(filters={"dangling": True})
