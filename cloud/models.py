@@ -505,6 +505,12 @@ class Job(StatefulModel):
     error = models.TextField(blank=True)
     cancel_requested = models.BooleanField(default=False)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The run that may execute the job's steps: one at a time.  The owner renews
+    # ``lease_expires_at`` while it runs; every write it makes checks its token,
+    # so a run whose lease another delivery took over stops without writing.
+    lease_token = models.UUIDField(null=True, blank=True, editable=False)
+    lease_owner = models.CharField(max_length=200, blank=True, editable=False)
+    lease_expires_at = models.DateTimeField(null=True, blank=True, editable=False)
     requested_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -523,7 +529,10 @@ class Job(StatefulModel):
                 condition=models.Q(progress__gte=0, progress__lte=100), name="job_progress_percent"
             ),
         ]
-        indexes = [models.Index(fields=["team", "state"])]
+        indexes = [
+            models.Index(fields=["team", "state"]),
+            models.Index(fields=["team", "queue", "lease_expires_at"], name="job_team_queue_lease"),
+        ]
 
     def __str__(self):
         return f"{self.kind} {str(self.id)[:8]} ({self.state})"

@@ -215,6 +215,14 @@ STRATA_RECONCILE_SECONDS = int(os.environ.get("STRATA_RECONCILE_SECONDS", "60"))
 # Transient failures (a host or connection gone) are retried with exponential backoff.
 STRATA_JOB_MAX_ATTEMPTS = int(os.environ.get("STRATA_JOB_MAX_ATTEMPTS", "5"))
 STRATA_JOB_BACKOFF_SECONDS = float(os.environ.get("STRATA_JOB_BACKOFF_SECONDS", "2"))
+# A job's run renews its lease while it runs; another delivery may take the job
+# over only once the lease has not been renewed for this long (its worker died).
+STRATA_JOB_LEASE_SECONDS = float(os.environ.get("STRATA_JOB_LEASE_SECONDS", "30"))
+# Running jobs one team may have at once on one queue (0: no limit), so a team's
+# long jobs leave a host's other worker slots to other teams; a job over the
+# limit goes back to its queue for this many seconds.
+STRATA_TEAM_JOBS_PER_QUEUE = int(os.environ.get("STRATA_TEAM_JOBS_PER_QUEUE", "1"))
+STRATA_TEAM_LIMIT_RETRY_SECONDS = float(os.environ.get("STRATA_TEAM_LIMIT_RETRY_SECONDS", "3"))
 # Bounded waits for a new guest: a VM that is not ready by then fails its step.
 STRATA_SSH_READY_SECONDS = int(os.environ.get("STRATA_SSH_READY_SECONDS", "300"))
 STRATA_DOCKER_READY_SECONDS = int(os.environ.get("STRATA_DOCKER_READY_SECONDS", "120"))

@@ -5,21 +5,44 @@ last run stopped.
 A step that raises an error marked ``transient`` (the host or a connection
 went away) sends the job back to the queue with exponential backoff; any
 other error fails the job at once, and the plan's compensation undoes what
-earlier steps made.  Cancellation is honoured at step boundaries.
+earlier steps made.  Cancellation is honoured at step boundaries; a job that
+has not started is cancelled at once.
+
+One run at a time: a run takes the job's lease (owner, expiry, fencing token)
+and a thread renews it while the steps run.  Another delivery of the job (a
+Redis redelivery, the stuck-job resender) finds the lease alive, runs nothing
+and comes back once it would have expired: if the owner died, it takes over
+and resumes.  Every write of step state, log, progress and outcome checks the
+token, so a run whose lease was taken over stops at its next write.
+
+A team runs at most ``STRATA_TEAM_JOBS_PER_QUEUE`` jobs at once on one queue;
+a job over the limit goes back to its queue for a few seconds, so one team's
+long jobs cannot hold every worker of a host.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import re
-from collections.abc import Callable
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import Error as DatabaseError
+from django.db import connection, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from cloud.models import Environment, Job, JobState, JobStep
-from tenants.models import AuditEvent
+from tenants.models import AuditEvent, Team
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,10 @@ class Plan:
     compensate: Callable[[StepContext], None] | None = None
     # Called inside the finishing transaction with the finished job.
     on_finish: Callable[[Job], None] | None = None
+    # Called inside the cancelling transaction, with the reason, for a job that
+    # ends before its first step ran: it undoes database-only reservations
+    # (nothing exists on a host yet, and the request must not wait for one).
+    discard: Callable[[Job, str], None] | None = None
 
     def step_named(self, name: str) -> Step:
         return next(s for s in self.steps if s.name == name)
@@ -56,6 +83,10 @@ class RetryLater(Exception):
     def __init__(self, countdown: float):
         super().__init__(f"retry in {countdown:g} s")
         self.countdown = countdown
+
+
+class LeaseLost(Exception):
+    """Another run has taken this job over: this one must stop without writing."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -80,16 +111,156 @@ def mask(text: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
     return text
 
 
+# --- the lease ----------------------------------------------------------------------
+
+
+def _lease_expiry():
+    # The database's clock, so workers on hosts with skewed clocks agree.
+    return Now() + timedelta(seconds=settings.STRATA_JOB_LEASE_SECONDS)
+
+
+# What a finished or requeued job keeps of its lease: the last owner, for history.
+_NO_LEASE = {"lease_token": None, "lease_expires_at": None}
+
+
+@dataclass
+class Lease:
+    """This run's claim on a job; every write through it checks the claim first."""
+
+    job_id: uuid.UUID
+    token: uuid.UUID
+    lost: threading.Event = field(default_factory=threading.Event)
+
+    def _mine(self):
+        return Job.objects.filter(pk=self.job_id, lease_token=self.token)
+
+    def _lose(self) -> LeaseLost:
+        self.lost.set()
+        return LeaseLost(f"job {self.job_id}: another run holds its lease")
+
+    def renew(self) -> None:
+        """Extend the lease; raises LeaseLost once another run holds the job."""
+        if self.lost.is_set() or not self._mine().update(lease_expires_at=_lease_expiry()):
+            raise self._lose()
+
+    def update_job(self, **fields) -> None:
+        if self.lost.is_set() or not self._mine().update(**fields, updated_at=timezone.now()):
+            raise self._lose()
+
+    def update_step(self, step_id: int, **fields) -> None:
+        with transaction.atomic():
+            # The job row's lock keeps a takeover from committing between the
+            # check and the write.
+            held = self._mine().select_for_update(no_key=True).values_list("pk", flat=True)
+            if self.lost.is_set() or not list(held):
+                raise self._lose()
+            JobStep.objects.filter(pk=step_id).update(**fields)
+
+    def locked_job(self) -> Job:
+        """The job, row-locked in the caller's transaction, if this run still holds it."""
+        job = Job.objects.select_for_update().get(pk=self.job_id)
+        if self.lost.is_set() or job.lease_token != self.token:
+            raise self._lose()
+        return job
+
+    @contextmanager
+    def kept_alive(self) -> Iterator[None]:
+        """Renew the lease from a thread while the body runs (steps may block long)."""
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=self._heartbeat, args=(stop,), name=f"lease-{self.job_id}", daemon=True
+        )
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            # Bounded: a renewal stuck on a lock must not hold the worker.
+            thread.join(timeout=settings.STRATA_JOB_LEASE_SECONDS)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        try:
+            while not stop.wait(settings.STRATA_JOB_LEASE_SECONDS / 3):
+                try:
+                    self.renew()
+                except LeaseLost:
+                    log.warning("job %s: its lease was taken over; this run stops", self.job_id)
+                    return
+                except DatabaseError as error:
+                    # Nobody can take the job over while its token is unchanged:
+                    # renewing later is still in time.
+                    log.warning("job %s: could not renew its lease: %s", self.job_id, error)
+                    connection.close()
+        finally:
+            connection.close()
+
+
+def _owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def _acquire(job_id) -> tuple[Job, Lease] | None:
+    """Take the job's lease and mark it running; None when there is nothing to run.
+
+    Raises RetryLater when a live run holds the lease (to look again once it
+    would have expired) or when the team is at its limit on the job's queue.
+    """
+    with transaction.atomic():
+        job = Job.objects.select_for_update().annotate(db_now=Now()).filter(pk=job_id).first()
+        if job is None or job.is_finished:
+            return None  # deleted, or a duplicate delivery of a job already done
+        if job.lease_token is not None and job.lease_expires_at > job.db_now:
+            remaining = (job.lease_expires_at - job.db_now).total_seconds()
+            raise RetryLater(round(remaining + 1, 1))
+        _check_team_limit(job)
+        lease = Lease(job.pk, uuid.uuid4())
+        if job.state == JobState.QUEUED:
+            job.move_to(JobState.RUNNING, attempts=job.attempts + 1)
+            if job.parent_id:
+                # The parent runs as soon as one of its children does.
+                Job.objects.filter(pk=job.parent_id, state=JobState.QUEUED).update(
+                    state=JobState.RUNNING, started_at=timezone.now()
+                )
+        Job.objects.filter(pk=job.pk).update(
+            lease_token=lease.token, lease_owner=_owner(), lease_expires_at=_lease_expiry()
+        )
+    return Job.objects.select_related("team").get(pk=job_id), lease
+
+
+def _check_team_limit(job: Job) -> None:
+    limit = settings.STRATA_TEAM_JOBS_PER_QUEUE
+    if limit <= 0:
+        return
+    # The team's row lock makes two workers starting its jobs at once count each other.
+    list(Team.objects.select_for_update().filter(pk=job.team_id).values_list("pk", flat=True))
+    running = (
+        Job.objects.filter(team=job.team_id, queue=job.queue, lease_expires_at__gt=Now())
+        .exclude(pk=job.pk)
+        .count()
+    )
+    if running >= limit:
+        raise RetryLater(settings.STRATA_TEAM_LIMIT_RETRY_SECONDS)
+
+
+# --- running ------------------------------------------------------------------------
+
+
 @dataclass
 class StepContext:
     job: Job
     step: JobStep
+    lease: Lease
     secrets: set[str] = field(default_factory=set)
 
     def log(self, message: str) -> None:
         line = f"{timezone.now():%H:%M:%S} {mask(message, self.secrets)}\n"
+        self.lease.update_step(self.step.pk, log=self.step.log + line)
         self.step.log += line
-        JobStep.objects.filter(pk=self.step.pk).update(log=self.step.log)
+
+    def heartbeat(self) -> None:
+        """Renew the lease now; raises LeaseLost if another run took the job over.
+        (A thread renews it anyway; a long step may call this to stop early.)"""
+        self.lease.renew()
 
     def cancel_requested(self) -> bool:
         return Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists()
@@ -114,85 +285,94 @@ def enqueue(job: Job) -> None:
 
 
 def run(job_id: str) -> None:
-    """Run (or resume) a job; raises RetryLater when a transient error wants a retry."""
-    job = Job.objects.select_related("team").filter(pk=job_id).first()
-    if job is None or job.is_finished:
-        return  # deleted, or a duplicate delivery of a job already done
-    plan = PLANS[job.kind]
-    if job.state == JobState.QUEUED:
-        job.move_to(JobState.RUNNING, attempts=job.attempts + 1)
-        if job.parent_id:
-            # The parent runs as soon as one of its children does.
-            Job.objects.filter(pk=job.parent_id, state=JobState.QUEUED).update(
-                state=JobState.RUNNING, started_at=timezone.now()
-            )
+    """Run (or resume) a job; raises RetryLater when it should come back later."""
+    acquired = _acquire(job_id)
+    if acquired is None:
+        return
+    job, lease = acquired
+    with lease.kept_alive():
+        try:
+            _run_steps(PLANS[job.kind], job, lease)
+        except LeaseLost:
+            log.warning("job %s: another run took it over; this run stopped", job.pk)
+
+
+def _run_steps(plan: Plan, job: Job, lease: Lease) -> None:
     steps = list(job.steps.exclude(name="compensate"))
     for row in steps:
         if row.state in (JobStep.State.DONE, JobStep.State.SKIPPED):
             continue
-        ctx = StepContext(job, row)
+        ctx = StepContext(job, row, lease)
         if ctx.cancel_requested():
-            _compensate(plan, job, "cancelled before step " + row.name)
-            finish(job, JobState.CANCELLED, "cancelled by request")
+            _compensate(plan, job, lease, "cancelled before step " + row.name)
+            finish(job, JobState.CANCELLED, "cancelled by request", lease=lease)
             return
         row.state, row.started_at = JobStep.State.RUNNING, timezone.now()
-        row.save(update_fields=["state", "started_at"])
+        lease.update_step(row.pk, state=row.state, started_at=row.started_at)
         try:
             plan.step_named(row.name).run(ctx)
+        except LeaseLost:
+            raise
         except Exception as error:  # noqa: BLE001 - every failure is recorded on the job
             _step_failed(plan, job, ctx, error)
             return
         row.state, row.finished_at = JobStep.State.DONE, timezone.now()
-        row.save(update_fields=["state", "finished_at"])
+        lease.update_step(row.pk, state=row.state, finished_at=row.finished_at)
         done = sum(1 for s in steps if s.state == JobStep.State.DONE)
-        Job.objects.filter(pk=job.pk).update(
-            progress=done * 100 // len(steps), updated_at=timezone.now()
-        )
-    finish(job, JobState.SUCCEEDED)
+        lease.update_job(progress=done * 100 // len(steps))
+    finish(job, JobState.SUCCEEDED, lease=lease)
 
 
 def _step_failed(plan: Plan, job: Job, ctx: StepContext, error: Exception) -> None:
     message = mask(f"{ctx.step.name}: {error}", ctx.secrets)
     ctx.log(f"failed: {error}")
     if is_transient(error) and job.attempts < settings.STRATA_JOB_MAX_ATTEMPTS:
-        ctx.step.state = JobStep.State.PENDING
-        ctx.step.save(update_fields=["state"])
-        job.move_to(JobState.QUEUED, error=f"retrying after: {message}")
+        with transaction.atomic():
+            locked = ctx.lease.locked_job()
+            JobStep.objects.filter(pk=ctx.step.pk).update(state=JobStep.State.PENDING)
+            # Requeued without a lease, so the retry's delivery may take it at once.
+            locked.move_to(JobState.QUEUED, error=f"retrying after: {message}", **_NO_LEASE)
         raise RetryLater(backoff_seconds(job.attempts)) from error
-    ctx.step.state, ctx.step.finished_at = JobStep.State.FAILED, timezone.now()
-    ctx.step.save(update_fields=["state", "finished_at"])
-    _compensate(plan, job, message)
-    finish(job, JobState.FAILED, message)
+    ctx.lease.update_step(ctx.step.pk, state=JobStep.State.FAILED, finished_at=timezone.now())
+    _compensate(plan, job, ctx.lease, message)
+    finish(job, JobState.FAILED, message, lease=ctx.lease)
 
 
-def _compensate(plan: Plan, job: Job, reason: str) -> None:
+def _compensate(plan: Plan, job: Job, lease: Lease, reason: str) -> None:
     if plan.compensate is None:
         return
+    lease.renew()  # a run that lost the job must not undo what the live run makes
     index = job.steps.count()
     row, _ = JobStep.objects.get_or_create(
         job=job, name="compensate", defaults={"index": index, "started_at": timezone.now()}
     )
     job.error = reason
-    ctx = StepContext(job, row)
+    ctx = StepContext(job, row, lease)
     ctx.log(f"undoing what this job made ({reason})")
     try:
         plan.compensate(ctx)
+    except LeaseLost:
+        raise
     except Exception as error:  # noqa: BLE001 - the reconciler sweeps what is left
         ctx.log(f"compensation incomplete, the reconciler will clean up: {error}")
-        row.state = JobStep.State.FAILED
+        state = JobStep.State.FAILED
     else:
-        row.state = JobStep.State.DONE
-    row.finished_at = timezone.now()
-    row.save(update_fields=["state", "finished_at", "log"])
+        state = JobStep.State.DONE
+    lease.update_step(row.pk, state=state, finished_at=timezone.now())
+
+
+# --- finishing, cancelling and the environment lock --------------------------------
 
 
 @transaction.atomic
-def finish(job: Job, state: str, error: str = "") -> None:
-    """End ``job``: release its environment, finish its parent, start a waiter."""
-    job = Job.objects.select_for_update().get(pk=job.pk)
+def finish(job: Job, state: str, error: str = "", *, lease: Lease | None = None) -> None:
+    """End ``job``: release its environment, finish its parent, start a waiter.
+
+    With ``lease``, only if that run still holds the job (else LeaseLost)."""
+    job = lease.locked_job() if lease else Job.objects.select_for_update().get(pk=job.pk)
     if job.is_finished:
         return
-    fields = {"error": error}
+    fields = {"error": error, **_NO_LEASE}
     if state == JobState.SUCCEEDED:
         fields["progress"] = 100
     job.move_to(state, **fields)
@@ -229,12 +409,24 @@ def _child_finished(parent_id) -> None:
 
 
 def _release(job: Job) -> None:
-    Environment.objects.filter(lock_job=job).update(lock_job=None)
-    waiter = job.waiters.filter(state=JobState.QUEUED).order_by("created_at").first()
-    if waiter is not None and waiter.environment_id:
-        Environment.objects.filter(pk=waiter.environment_id).update(lock_job=waiter)
-        job.waiters.filter(state=JobState.QUEUED).exclude(pk=waiter.pk).update(waits_for=waiter)
-        start(waiter)
+    """Free what ``job`` held, and hand the environment to the first job waiting."""
+    held = Environment.objects.filter(lock_job=job).update(lock_job=None)
+    waiting = job.waiters.filter(state=JobState.QUEUED).order_by("created_at")
+    if not held and job.waits_for_id and not Job.objects.get(pk=job.waits_for_id).is_finished:
+        # It was itself waiting (it was cancelled): its waiters wait for what it waited for.
+        waiting.update(waits_for=job.waits_for_id)
+        return
+    waiter = waiting.first()
+    if waiter is None:
+        return
+    waiting.exclude(pk=waiter.pk).update(waits_for=waiter)
+    if not Environment.objects.filter(pk=waiter.environment_id).exists():
+        _end_unstarted(
+            waiter, JobState.FAILED, f"its environment was destroyed (by job {job.pk}) first"
+        )
+        return
+    Environment.objects.filter(pk=waiter.environment_id).update(lock_job=waiter)
+    start(waiter)
 
 
 def start(job: Job) -> None:
@@ -242,3 +434,35 @@ def start(job: Job) -> None:
     children = list(job.children.all())
     for child in children or [job]:
         enqueue(child)
+
+
+def _not_started(job: Job) -> bool:
+    return job.state == JobState.QUEUED and job.attempts == 0
+
+
+def _end_unstarted(job: Job, state: str, reason: str) -> None:
+    """End a job none of whose steps ran (and its children): nothing to undo on a host."""
+    children = [c for c in job.children.select_for_update().order_by("pk") if not c.is_finished]
+    for each in children or [job]:
+        discard = PLANS[each.kind].discard
+        if discard is not None:
+            discard(each, reason)
+        finish(each, state, reason)
+
+
+@transaction.atomic
+def cancel(job_id) -> str | None:
+    """Cancel a job: what has not started ends at once, cancelled (releasing its
+    environment to the next waiter); what runs stops at its next step boundary
+    and undoes what it made.  Returns the state of a job already finished."""
+    # Children before their parent: the order in which a starting child locks them.
+    children = list(Job.objects.select_for_update().filter(parent=job_id).order_by("pk"))
+    job = Job.objects.select_for_update().get(pk=job_id)
+    if job.is_finished:
+        return job.state
+    live = [c for c in children if not c.is_finished]
+    Job.objects.filter(pk__in=[job.pk, *(c.pk for c in live)]).update(cancel_requested=True)
+    for each in live or ([] if children else [job]):
+        if _not_started(each):
+            _end_unstarted(each, JobState.CANCELLED, "cancelled before it started")
+    return None

@@ -21,6 +21,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from cloud.models import (
@@ -34,6 +35,7 @@ from cloud.models import (
     VMSample,
     VMState,
 )
+from cloud.states import JOB_MACHINE
 from tenants.models import AuditEvent
 from workers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeKind
 from workers.jobs import enqueue
@@ -255,14 +257,21 @@ def _sweep_orphans(host: Host, hv: Hypervisor, found: dict) -> int:
 
 
 def resend_stuck_jobs() -> int:
-    """Send again the jobs whose message was lost; running a job twice is safe."""
+    """Send again the jobs whose message was lost.  A job whose run is alive
+    (its lease renewed) is not stuck, however long its step; a duplicate
+    delivery would run nothing anyway (the lease admits one run)."""
     cutoff = timezone.now() - timedelta(seconds=settings.STRATA_STUCK_JOB_SECONDS)
-    stuck = Job.objects.filter(
-        state__in=[JobState.QUEUED, JobState.RUNNING], updated_at__lt=cutoff, waits_for=None
-    ).exclude(children__isnull=False)
+    # A waiter is sent when the job it waits for finishes, and is then due like any other.
+    sent = Q(waits_for=None) | Q(waits_for__state__in=JOB_MACHINE.final_states)
+    stuck = (
+        Job.objects.filter(sent, updated_at__lt=cutoff)
+        .filter(state__in=[JobState.QUEUED, JobState.RUNNING])
+        .exclude(children__isnull=False)
+        .exclude(lease_expires_at__gt=Now())
+    )
     count = 0
     with transaction.atomic():
-        for job in stuck.select_for_update(skip_locked=True):
+        for job in stuck.select_for_update(skip_locked=True, of=("self",)):
             Job.objects.filter(pk=job.pk).update(updated_at=timezone.now())
             enqueue(job)
             count += 1

@@ -2,8 +2,9 @@
 
 from django.db import transaction
 
-from cloud.models import Job, JobState
+from cloud.models import Job
 from tenants.models import AuditEvent, Role
+from workers import jobs as engine
 
 from .access import ACT_ROLE, membership, require_read
 from .errors import Forbidden, NotFound, ValidationError
@@ -18,20 +19,17 @@ def get_job(user, team, job_id) -> Job:
 
 
 def cancel_job(*, user, team, job_id) -> Job:
-    """Ask a job to stop at its next step boundary; a queued one stops at once."""
+    """Cancel a job.  One that has not started ends at once, cancelled, in this
+    transaction (its environment goes to the next job waiting); a running one
+    stops at its next step boundary and undoes what it made."""
     job = get_job(user, team, job_id)
     needed = ACT_ROLE[job.environment.kind] if job.environment else Role.DEVELOPER
     if not membership(user, team).has_role(needed):
         raise Forbidden(f"cancelling this job needs the {needed} role")
-    if job.is_finished:
-        raise ValidationError({"state": [f"the job has already {job.state}"]})
-    # The worker stops the job at its next step boundary (a queued job before its
-    # first step) and undoes what it made; the request itself changes nothing else.
     with transaction.atomic():
-        Job.objects.filter(pk=job.pk).update(cancel_requested=True)
-        job.children.filter(state__in=[JobState.QUEUED, JobState.RUNNING]).update(
-            cancel_requested=True
-        )
+        finished = engine.cancel(job.pk)  # decided under the job's row lock
+        if finished is not None:
+            raise ValidationError({"state": [f"the job has already {finished}"]})
         AuditEvent.record("job.cancel", team=team, actor=user, target=job)
     job.refresh_from_db()
     return job

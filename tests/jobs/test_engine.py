@@ -177,7 +177,12 @@ def test_worker_killed_mid_step_resumes_from_that_step(new_job, control, worker_
     """SIGKILL the whole worker inside a step; the next worker redelivers the job,
     re-runs only the interrupted step (steps are idempotent) and finishes."""
     queue = f"test-{uuid.uuid4().hex[:8]}"
-    fast_redelivery = {"STRATA_VISIBILITY_TIMEOUT": "3", "STRATA_UNACKED_RESTORE_SECONDS": "1"}
+    fast_redelivery = {
+        "STRATA_VISIBILITY_TIMEOUT": "3",
+        "STRATA_UNACKED_RESTORE_SECONDS": "1",
+        # The killed run's lease lapses soon; the redelivery then takes the job over.
+        "STRATA_JOB_LEASE_SECONDS": "2",
+    }
     (control / f"{step}.block").touch()
     first_worker = worker_factory(queue, include=["tests.jobs.plans"], **fast_redelivery)
     job = new_job(queue=queue)

@@ -211,7 +211,9 @@ register(
 def finish_deployment(job: Job) -> None:
     """The deployment's outcome is its jobs': succeeded (superseding the one
     before), rolled back (a health check failed), or failed."""
-    deployment = Deployment.objects.get(pk=job.params["deployment"])
+    deployment = Deployment.objects.filter(pk=job.params["deployment"]).first()
+    if deployment is None:
+        return  # it went with its environment, destroyed before this job could start
     if deployment.state == DeploymentState.PENDING:
         deployment.move_to(DeploymentState.ROLLING_OUT)
     if job.state == JobState.SUCCEEDED:

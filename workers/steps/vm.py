@@ -229,6 +229,13 @@ def undo_provision(ctx: StepContext) -> None:
     ctx.log("domain, disk, seed, console log and port forwards removed")
 
 
+def discard_provision(job, reason: str) -> None:
+    """A provisioning cancelled before it started made nothing on the host."""
+    vm = VirtualMachine.objects.filter(pk=job.vm_id, state=VMState.SCHEDULED).first()
+    if vm is not None:
+        vm.move_to(VMState.ERROR, error=reason)
+
+
 register(
     Plan(
         "provision_vm",
@@ -242,6 +249,7 @@ register(
             Step("check docker", check_docker),
         ),
         compensate=undo_provision,
+        discard=discard_provision,
     )
 )
 
