@@ -123,6 +123,18 @@ def _lease_expiry():
 _NO_LEASE = {"lease_token": None, "lease_expires_at": None}
 
 
+# --- the lease ----------------------------------------------------------------------
+
+
+def _lease_expiry():
+    # The database's clock, so workers on hosts with skewed clocks agree.
+    return Now() + timedelta(seconds=settings.STRATA_JOB_LEASE_SECONDS)
+
+
+# What a finished or requeued job keeps of its lease: the last owner, for history.
+_NO_LEASE = {"lease_token": None, "lease_expires_at": None}
+
+
 @dataclass
 class Lease:
     """This run's claim on a job; every write through it checks the claim first."""
@@ -419,12 +431,13 @@ def _release(job: Job) -> None:
     waiter = waiting.first()
     if waiter is None:
         return
-    waiting.exclude(pk=waiter.pk).update(waits_for=waiter)
     if not Environment.objects.filter(pk=waiter.environment_id).exists():
-        _end_unstarted(
-            waiter, JobState.FAILED, f"its environment was destroyed (by job {job.pk}) first"
-        )
+        # Every waiter waits for the holder itself, so none is left behind.
+        reason = f"its environment was destroyed (by job {job.pk}) before it could start"
+        for each in list(waiting):
+            _end_unstarted(each, JobState.FAILED, reason)
         return
+    waiting.exclude(pk=waiter.pk).update(waits_for=waiter)
     Environment.objects.filter(pk=waiter.environment_id).update(lock_job=waiter)
     start(waiter)
 

@@ -15,11 +15,15 @@ from django.utils import timezone
 
 import tests.jobs.plans  # noqa: F401 - registers the test plans
 from cloud.models import Job, JobStep
-from tests.jobs.test_engine import control, new_job, runs, wait_for  # noqa: F401 - fixtures
+from tests.jobs import test_engine
+from tests.jobs.test_engine import runs, wait_for
 from workers import jobs
 from workers.reconcile import resend_stuck_jobs
 
 pytestmark = pytest.mark.django_db
+
+# The engine tests' fixtures: a control directory and a maker of test jobs.
+control, new_job = test_engine.control, test_engine.new_job
 
 
 def run_lines(control):
@@ -109,9 +113,7 @@ def test_the_heartbeat_keeps_a_long_steps_lease(new_job, control, settings):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("step_outcome", ["done", "fails"])
-def test_a_run_whose_lease_was_taken_over_stops_without_writing(
-    new_job, control, step_outcome
-):
+def test_a_run_whose_lease_was_taken_over_stops_without_writing(new_job, control, step_outcome):
     """Finding 9.4: the fencing token: a stale run stops at its next write and
     writes nothing (no step state, log, progress, compensation or outcome)."""
     (control / "second.block").touch()
