@@ -5,6 +5,7 @@ only here; README.md has the table.  Defaults are safe for a one-machine trial.
 """
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -211,6 +212,38 @@ STRATA_VIRT_TYPE = os.environ.get("STRATA_VIRT_TYPE", "qemu")
 if STRATA_VIRT_TYPE not in {"kvm", "qemu"}:
     raise ImproperlyConfigured("STRATA_VIRT_TYPE must be 'kvm' or 'qemu'")
 STRATA_LIBVIRT_URI = os.environ.get("STRATA_LIBVIRT_URI", "qemu:///system")
+
+
+# Marks this Strata's libvirt domains and VM volumes: the reconciler removes
+# orphans only among its own, so another Strata on the same libvirtd (the test
+# suite next to `make run`) keeps its VMs.
+def load_installation_id(data_dir: Path) -> str:
+    """STRATA_INSTALLATION_ID from the environment, else one generated on first
+    run and kept in the data directory; processes starting at once agree on it."""
+    value = os.environ.get("STRATA_INSTALLATION_ID") or None
+    id_file = data_dir / "installation_id"
+    if value is None and not id_file.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        draft = data_dir / f".installation_id.{os.getpid()}.{secrets.token_hex(4)}"
+        draft.write_text(secrets.token_hex(8) + "\n")
+        try:
+            # A hard link appears complete or not at all; the first one wins.
+            os.link(draft, id_file)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    if value is None:
+        value = id_file.read_text().strip()
+    # The driver's "Strata id", which volume names and domain metadata can carry.
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", value):
+        raise ImproperlyConfigured(
+            f"STRATA_INSTALLATION_ID must be 1-64 letters, digits, - or _, not {value!r}"
+        )
+    return value
+
+
+STRATA_INSTALLATION_ID = load_installation_id(STRATA_DATA_DIR)
 STRATA_RECONCILE_SECONDS = int(os.environ.get("STRATA_RECONCILE_SECONDS", "60"))
 # Transient failures (a host or connection gone) are retried with exponential backoff.
 STRATA_JOB_MAX_ATTEMPTS = int(os.environ.get("STRATA_JOB_MAX_ATTEMPTS", "5"))

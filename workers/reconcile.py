@@ -18,6 +18,7 @@ import logging
 import re
 from datetime import timedelta
 
+import docker
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Q
@@ -56,7 +57,12 @@ SAMPLES_KEPT = timedelta(hours=24)
 def reconcile_host(host_id: int) -> dict[str, int]:
     host = Host.objects.get(pk=host_id)
     counts = {"lost": 0, "restarted": 0, "orphans_seen": 0, "orphans_removed": 0, "unchanged": 0}
-    with Hypervisor(host.libvirt_uri, settings.STRATA_DATA_DIR, virt_type=host.virt_type) as hv:
+    with Hypervisor(
+        host.libvirt_uri,
+        settings.STRATA_DATA_DIR,
+        virt_type=host.virt_type,
+        installation_id=settings.STRATA_INSTALLATION_ID,
+    ) as hv:
         domains = {d.uuid: d for d in hv.list_strata_domains()}
         hv.ensure_storage()
         volumes = [
@@ -75,11 +81,7 @@ def reconcile_host(host_id: int) -> dict[str, int]:
             if vm.pk not in busy:
                 counts[_reconcile_vm(hv, vm, domains.get(uuid))] += 1
 
-        found = {(Orphan.Kind.DOMAIN, d.name): d.uuid for u, d in domains.items() if u not in vms}
-        for volume in volumes:
-            match = VM_DOMAIN_NAME.fullmatch(volume.owner or "")
-            if match and match.group(1) not in vms:
-                found[(Orphan.Kind.VOLUME, volume.name)] = match.group(1)
+        found = _own_orphans(hv, domains, volumes, vms)
         running = [vm for vm in vms.values() if vm.state == VMState.RUNNING and vm.ssh_port]
         counts["containers_missing"] = 0
         for vm in running:
@@ -228,7 +230,28 @@ def _reconcile_containers(vm: VirtualMachine, found: dict) -> int:
     return missing
 
 
+def _own_orphans(hv: Hypervisor, domains: dict, volumes: list, vms: dict) -> dict:
+    """This installation's domains and VM volumes that no VM record claims.
+
+    Another Strata's (or an unmarked one's, made before marks existed) are
+    never orphans here, however alone they look: that Strata sweeps its own.
+    """
+    found = {
+        (Orphan.Kind.DOMAIN, domain.name): uuid
+        for uuid, domain in domains.items()
+        if uuid not in vms and domain.metadata.installation_id == hv.installation_id
+    }
+    for volume in volumes:
+        match = VM_DOMAIN_NAME.fullmatch(volume.owner or "")
+        if match and match.group(1) not in vms and volume.installation_id == hv.installation_id:
+            found[(Orphan.Kind.VOLUME, volume.name)] = match.group(1)
+    return found
+
+
 def _sweep_orphans(host: Host, hv: Hypervisor, found: dict) -> int:
+    """Note new orphans and remove those past the grace period; returns how many
+    were removed. Only what really went is audited; what could not go is logged
+    and kept as an orphan."""
     # Whatever is no longer found was removed or claimed meanwhile.
     known = {(o.kind, o.name): o for o in Orphan.objects.filter(host=host)}
     for key, orphan in known.items():
@@ -236,24 +259,46 @@ def _sweep_orphans(host: Host, hv: Hypervisor, found: dict) -> int:
             orphan.delete()
     grace = timezone.now() - timedelta(seconds=settings.STRATA_ORPHAN_GRACE_SECONDS)
     removed = 0
-    # ``owner`` is a VM uuid for domains and volumes, (vm, engine id) for containers.
     for (kind, name), owner in found.items():
         orphan = known.get((kind, name)) or Orphan.objects.create(host=host, kind=kind, name=name)
         if orphan.first_seen_at > grace:
             continue
-        if kind == Orphan.Kind.CONTAINER:
-            vm, container_id = owner
-            remove_container(connect(vm).docker(), container_id)
-        else:
-            # A domain and its volumes all go with the VM name they carry.
-            vm_name = name if kind == Orphan.Kind.DOMAIN else f"strata-{owner}"
-            if VM_DOMAIN_NAME.fullmatch(vm_name):
-                hv.destroy(vm_name, owner)
+        try:
+            gone = _remove_orphan(hv, kind, name, owner)
+        except (HypervisorError, RemoteError, docker.errors.DockerException) as exc:
+            log.warning("cannot remove orphan %s %s on %s: %s", kind, name, host.name, exc)
+            continue
+        if not gone:
+            log.warning(
+                "skipped orphan %s %s on %s: not named like a Strata VM, so what goes "
+                "with it is unknown; remove it by hand",
+                kind,
+                name,
+                host.name,
+            )
+            continue
         AuditEvent.record("orphan.removed", target=host, kind=kind, name=name)
         log.warning("removed orphan %s %s on %s", kind, name, host.name)
         orphan.delete()
         removed += 1
     return removed
+
+
+def _remove_orphan(hv: Hypervisor, kind: str, name: str, owner) -> bool:
+    """Remove one orphan; False when it is not Strata-named and was left alone.
+
+    ``owner`` is a VM uuid for domains and volumes, (vm, engine id) for containers.
+    """
+    if kind == Orphan.Kind.CONTAINER:
+        vm, container_id = owner
+        remove_container(connect(vm).docker(), container_id)
+        return True
+    # A domain and its volumes all go with the VM name they carry.
+    vm_name = name if kind == Orphan.Kind.DOMAIN else f"strata-{owner}"
+    if not VM_DOMAIN_NAME.fullmatch(vm_name):
+        return False
+    hv.destroy(vm_name, owner)
+    return True
 
 
 def resend_stuck_jobs() -> int:

@@ -4,6 +4,7 @@ import uuid
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 
 from cloud.models import Host, Job, Orphan, VirtualMachine, VMSample
@@ -19,7 +20,12 @@ pytestmark = [pytest.mark.django_db, pytest.mark.libvirt]
 @pytest.fixture
 def hv():
     # The test driver keeps its state while a connection is open.
-    hypervisor = Hypervisor("test:///default", TEST_DATA_DIR, virt_type="qemu")
+    hypervisor = Hypervisor(
+        "test:///default",
+        TEST_DATA_DIR,
+        virt_type="qemu",
+        installation_id=settings.STRATA_INSTALLATION_ID,
+    )
     hypervisor.ensure_storage()
     yield hypervisor
     hypervisor.close()
@@ -62,13 +68,18 @@ def test_orphans_are_noted_then_removed_after_the_grace_period(hv, vm, settings)
     define_for(hv, stray, f"strata-{stray}")
     lone = str(uuid.uuid4())
     hv.connection.storagePoolLookupByName(hv.pool_name).createXML(
-        f"<volume><name>strata-{lone}.seed.iso</name><capacity>1024</capacity></volume>", 0
+        f"<volume><name>strata-{lone}.{hv.installation_id}.seed.iso</name>"
+        "<capacity>1024</capacity></volume>",
+        0,
     )
 
     settings.STRATA_ORPHAN_GRACE_SECONDS = 3600
     counts = reconcile_host(vm.host_id)
     assert counts["orphans_seen"] == 2 and counts["orphans_removed"] == 0
-    assert {o.name for o in Orphan.objects.all()} == {f"strata-{stray}", f"strata-{lone}.seed.iso"}
+    assert {o.name for o in Orphan.objects.all()} == {
+        f"strata-{stray}",
+        f"strata-{lone}.{hv.installation_id}.seed.iso",
+    }
 
     Orphan.objects.update(first_seen_at=timezone.now() - timedelta(hours=2))
     counts = reconcile_host(vm.host_id)

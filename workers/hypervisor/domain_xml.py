@@ -9,7 +9,14 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
-from .spec import DomainSpec, LibvirtNetwork, UserNetwork, require_uuid
+from .spec import (
+    STRATA_ID_PATTERN,
+    DomainSpec,
+    LibvirtNetwork,
+    UserNetwork,
+    require_match,
+    require_uuid,
+)
 
 QEMU_NAMESPACE = "http://libvirt.org/schemas/domain/qemu/1.0"
 STRATA_NAMESPACE = "https://strata.dev/xmlns/libvirt/domain/1.0"
@@ -31,6 +38,9 @@ GUEST_AGENT_CHANNEL = "org.qemu.guest_agent.0"
 class StrataMetadata:
     vm_id: str
     environment_id: str | None
+    # The Strata installation that defined the domain (None: defined before
+    # domains carried it, or by a driver given none); only it may sweep the domain.
+    installation_id: str | None = None
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: str) -> ET.Element:
@@ -40,11 +50,13 @@ def _sub(parent: ET.Element, tag: str, text: str | None = None, **attributes: st
     return element
 
 
-def build_metadata_element(vm_id: str, environment_id: str | None) -> ET.Element:
+def build_metadata_element(metadata: StrataMetadata) -> ET.Element:
     root = ET.Element(f"{{{STRATA_NAMESPACE}}}{STRATA_METADATA_ROOT}")
-    _sub(root, f"{{{STRATA_NAMESPACE}}}vm-id", vm_id)
-    if environment_id is not None:
-        _sub(root, f"{{{STRATA_NAMESPACE}}}environment-id", environment_id)
+    _sub(root, f"{{{STRATA_NAMESPACE}}}vm-id", metadata.vm_id)
+    if metadata.environment_id is not None:
+        _sub(root, f"{{{STRATA_NAMESPACE}}}environment-id", metadata.environment_id)
+    if metadata.installation_id is not None:
+        _sub(root, f"{{{STRATA_NAMESPACE}}}installation-id", metadata.installation_id)
     return root
 
 
@@ -69,7 +81,11 @@ def parse_metadata_element(xml_text: str) -> StrataMetadata:
     vm_id = child_text("vm-id")
     if not vm_id:
         raise ValueError("Strata metadata without vm-id")
-    return StrataMetadata(vm_id=vm_id, environment_id=child_text("environment-id"))
+    return StrataMetadata(
+        vm_id=vm_id,
+        environment_id=child_text("environment-id"),
+        installation_id=child_text("installation-id"),
+    )
 
 
 def _os(domain: ET.Element, spec: DomainSpec) -> None:
@@ -167,14 +183,19 @@ def _devices(domain: ET.Element, spec: DomainSpec) -> None:
     _sub(devices, "memballoon", model="virtio")
 
 
-def build_domain_xml(spec: DomainSpec) -> str:
-    """The domain XML for ``spec``; raises InvalidSpec for any refused value."""
+def build_domain_xml(spec: DomainSpec, installation_id: str | None = None) -> str:
+    """The domain XML for ``spec``, marked as defined by ``installation_id``;
+    raises InvalidSpec for any refused value."""
     spec.validate()
+    if installation_id is not None:
+        require_match("installation_id", installation_id, STRATA_ID_PATTERN, "a Strata id")
     domain = ET.Element("domain", type=spec.virt_type)
     _sub(domain, "name", spec.name)
     _sub(domain, "uuid", require_uuid("uuid", spec.uuid))
     metadata = _sub(domain, "metadata")
-    metadata.append(build_metadata_element(spec.vm_id, spec.environment_id))
+    metadata.append(
+        build_metadata_element(StrataMetadata(spec.vm_id, spec.environment_id, installation_id))
+    )
     _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "currentMemory", str(spec.memory_mib), unit="MiB")
     _sub(domain, "vcpu", str(spec.vcpus))

@@ -16,7 +16,7 @@ import os
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import libvirt
@@ -45,6 +45,7 @@ from .spec import (
     LIBVIRT_OBJECT_NAME_PATTERN,
     MAX_MEMORY_MIB,
     MAX_VCPUS,
+    STRATA_ID_PATTERN,
     VIRT_TYPES,
     DomainSpec,
     require_absolute_path,
@@ -141,6 +142,9 @@ class StrataVolume:
     owner: str | None
     capacity_bytes: int
     allocation_bytes: int
+    # The installation a disk or seed was made by (None: made before names carried
+    # it, or by a driver given none). Bases are shared: named by content.
+    installation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,15 +154,17 @@ class Snapshot:
     state: str
 
 
-def _volume_kind(name: str) -> tuple[VolumeKind, str | None]:
-    for suffix, kind in (
-        (BASE_SUFFIX, VolumeKind.BASE),
-        (DISK_SUFFIX, VolumeKind.DISK),
-        (SEED_SUFFIX, VolumeKind.SEED),
-    ):
+def _volume_kind(name: str) -> tuple[VolumeKind, str | None, str | None]:
+    """Kind, owner and installation id of a volume, from its name: a base is
+    ``IMAGE.base.qcow2``, a VM's disk ``VM.INSTALLATION.disk.qcow2`` (VM names and
+    installation ids have no dots), its seed the same with ``.seed.iso``."""
+    if name.endswith(BASE_SUFFIX):
+        return VolumeKind.BASE, name[: -len(BASE_SUFFIX)], None
+    for suffix, kind in ((DISK_SUFFIX, VolumeKind.DISK), (SEED_SUFFIX, VolumeKind.SEED)):
         if name.endswith(suffix):
-            return kind, name[: -len(suffix)]
-    return VolumeKind.UNKNOWN, None
+            owner, _dot, installation_id = name[: -len(suffix)].partition(".")
+            return kind, owner, installation_id or None
+    return VolumeKind.UNKNOWN, None, None
 
 
 def _host_forwards(usernet_table: str) -> set[tuple[int, int]]:
@@ -192,10 +198,16 @@ class Hypervisor:
         *,
         pool_name: str = "strata",
         virt_type: str = "qemu",
+        installation_id: str | None = None,
     ) -> None:
         require_match("pool_name", pool_name, LIBVIRT_OBJECT_NAME_PATTERN, "a pool name")
         if virt_type not in VIRT_TYPES:
             raise InvalidSpec("virt_type", f"must be one of {VIRT_TYPES}, got {virt_type!r}")
+        if installation_id is not None:
+            require_match("installation_id", installation_id, STRATA_ID_PATTERN, "a Strata id")
+        # Marks the domains and VM volumes this driver makes, so that another
+        # Strata on the same libvirtd can tell them from its own.
+        self.installation_id = installation_id
         self.uri = uri
         self.data_dir = require_absolute_path("data_dir", str(data_dir))
         self.pool_name = pool_name
@@ -251,11 +263,29 @@ class Hypervisor:
     def console_dir(self) -> str:
         return os.path.join(self.data_dir, "console")
 
+    def _vm_volume_names(self, vm_name: str, suffix: str) -> tuple[str, str]:
+        """The VM's volume name carrying this installation, and the unmarked one."""
+        unmarked = require_domain_name("name", vm_name) + suffix
+        if self.installation_id is None:
+            return unmarked, unmarked
+        return f"{vm_name}.{self.installation_id}{suffix}", unmarked
+
+    def _vm_volume_name(self, vm_name: str, suffix: str) -> str:
+        marked, unmarked = self._vm_volume_names(vm_name, suffix)
+        # A VM made before volumes carried the installation keeps its volume.
+        if (
+            marked != unmarked
+            and self._volume(marked) is None
+            and self._volume(unmarked) is not None
+        ):
+            return unmarked
+        return marked
+
     def disk_path(self, vm_name: str) -> str:
-        return os.path.join(self.volumes_dir, require_domain_name("name", vm_name) + DISK_SUFFIX)
+        return os.path.join(self.volumes_dir, self._vm_volume_name(vm_name, DISK_SUFFIX))
 
     def seed_path(self, vm_name: str) -> str:
-        return os.path.join(self.volumes_dir, require_domain_name("name", vm_name) + SEED_SUFFIX)
+        return os.path.join(self.volumes_dir, self._vm_volume_name(vm_name, SEED_SUFFIX))
 
     def console_log_path(self, vm_name: str) -> str:
         name = require_domain_name("name", vm_name)
@@ -474,7 +504,7 @@ class Hypervisor:
                 raise InvalidSpec(
                     "size_gib", f"must be at least the image's {-(-base_capacity // GIB)} GiB"
                 )
-            name = vm_name + DISK_SUFFIX
+            name = self._vm_volume_name(vm_name, DISK_SUFFIX)
             volume = self._volume(name)
             if volume is None:
                 xml = self._volume_xml(name, capacity, "qcow2", base.path())
@@ -485,8 +515,7 @@ class Hypervisor:
 
     def write_seed(self, vm_name: str, seed_iso: bytes) -> str:
         """Store the NoCloud seed as a raw volume (rewritten on every call); its path."""
-        require_domain_name("name", vm_name)
-        name = vm_name + SEED_SUFFIX
+        name = self._vm_volume_name(vm_name, SEED_SUFFIX)
         with libvirt_errors():
             volume = self._volume(name)
             if volume is not None:
@@ -497,9 +526,9 @@ class Hypervisor:
 
     def _describe(self, volume: libvirt.virStorageVol) -> StrataVolume:
         name = volume.name()
-        kind, owner = _volume_kind(name)
+        kind, owner, installation_id = _volume_kind(name)
         _type, capacity, allocation = volume.info()
-        return StrataVolume(name, volume.path(), kind, owner, capacity, allocation)
+        return StrataVolume(name, volume.path(), kind, owner, capacity, allocation, installation_id)
 
     def list_strata_volumes(self) -> list[StrataVolume]:
         """Every volume in Strata's pool, classified by name (for orphan detection)."""
@@ -555,7 +584,7 @@ class Hypervisor:
         """Define (or redefine, same UUID and name) the domain described by ``spec``."""
         if spec.virt_type != self.virt_type:
             raise InvalidSpec("virt_type", f"this host runs {self.virt_type!r} domains")
-        xml = build_domain_xml(spec)
+        xml = build_domain_xml(spec, self.installation_id)
         with libvirt_errors():
             self._conn.defineXML(xml)
 
@@ -663,8 +692,9 @@ class Hypervisor:
                 except libvirt.libvirtError as error:
                     if error.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                         raise
-        self._delete_volume(vm_name + DISK_SUFFIX)
-        self._delete_volume(vm_name + SEED_SUFFIX)
+        for suffix in (DISK_SUFFIX, SEED_SUFFIX):
+            for name in set(self._vm_volume_names(vm_name, suffix)):
+                self._delete_volume(name)
         self._delete_volume(vm_name + CONSOLE_SUFFIX, self.console_pool_name)
 
     def resize(self, uuid: str, *, vcpus: int, memory_mib: int) -> None:
@@ -730,7 +760,9 @@ class Hypervisor:
 
     def set_metadata(self, uuid: str, metadata: StrataMetadata) -> None:
         domain = self._domain(uuid)
-        element = build_metadata_element(metadata.vm_id, metadata.environment_id)
+        if metadata.installation_id is None:
+            metadata = replace(metadata, installation_id=self.installation_id)
+        element = build_metadata_element(metadata)
         # virDomainSetMetadata takes the element without a namespace; it adds the key's.
         for node in element.iter():
             node.tag = node.tag.split("}", 1)[1]

@@ -52,7 +52,10 @@ def vm_of(ctx: StepContext) -> VirtualMachine:
 @contextlib.contextmanager
 def hypervisor(vm: VirtualMachine):
     with Hypervisor(
-        vm.host.libvirt_uri, settings.STRATA_DATA_DIR, virt_type=vm.host.virt_type
+        vm.host.libvirt_uri,
+        settings.STRATA_DATA_DIR,
+        virt_type=vm.host.virt_type,
+        installation_id=settings.STRATA_INSTALLATION_ID,
     ) as hv:
         yield hv
 

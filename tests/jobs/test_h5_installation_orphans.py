@@ -1,0 +1,147 @@
+"""The orphan sweep of one installation next to another on the same libvirtd
+(finding 9.14), on libvirt's test driver."""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from cloud.models import Orphan
+from tenants.models import AuditEvent
+from tests.foundation.factories import catalogue
+from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
+from workers.hypervisor import Hypervisor, HypervisorError, NotFound
+from workers.reconcile import reconcile_host
+
+pytestmark = [pytest.mark.django_db, pytest.mark.libvirt]
+
+
+@pytest.fixture
+def drivers(settings):
+    """Drivers of installations alpha and beta, and one that marks nothing (a
+    Strata from before the marks), all on one libvirt, the reconciler's pool."""
+    settings.STRATA_ORPHAN_GRACE_SECONDS = 3600
+    made = {
+        name: Hypervisor(
+            "test:///default",
+            TEST_DATA_DIR,
+            pool_name=settings.STRATA_STORAGE_POOL,
+            virt_type="qemu",
+            installation_id=name,
+        )
+        for name in ("alpha", "beta", None)
+    }
+    for hv in made.values():
+        hv.ensure_storage()
+    yield made
+    for hv in made.values():
+        hv.close()
+
+
+def leave_orphans(hv: Hypervisor) -> set[str]:
+    """A Strata VM's domain with its seed, and a lone seed of another VM, none of
+    them with a record; returns their names."""
+    in_domain, lone = (f"strata-{uuid.uuid4()}" for _ in range(2))
+    hv.define(make_spec(name=in_domain, uuid=in_domain.removeprefix("strata-"), vm_id="9"))
+    pool = hv.connection.storagePoolLookupByName(hv.pool_name)
+    seeds = {os.path.basename(hv.seed_path(name)) for name in (in_domain, lone)}
+    for seed in seeds:
+        pool.createXML(f"<volume><name>{seed}</name><capacity>1024</capacity></volume>", 0)
+    return {in_domain, *seeds}
+
+
+def present(hv: Hypervisor) -> set[str]:
+    return {d.name for d in hv.list_strata_domains()} | {v.name for v in hv.list_strata_volumes()}
+
+
+def sweep(host_id: int) -> dict[str, int]:
+    """Note orphans, then sweep as if the grace period had passed."""
+    seen = reconcile_host(host_id)
+    Orphan.objects.update(first_seen_at=timezone.now() - timedelta(hours=2))
+    return {"seen": seen["orphans_seen"], "removed": reconcile_host(host_id)["orphans_removed"]}
+
+
+def remove_all(hv: Hypervisor, names: set[str]) -> None:
+    for domain in hv.list_strata_domains():
+        if domain.name in names:
+            hv.destroy(domain.name, domain.uuid)
+
+
+def test_each_installation_sweeps_only_its_own(drivers, settings):
+    """Finding 9.14: two installations on one libvirtd each remove only the orphans they
+    made; an unmarked (pre-mark) domain or volume is nobody's to remove."""
+    host = catalogue()[0]
+    left = {name: leave_orphans(hv) for name, hv in drivers.items()}
+    everything = set().union(*left.values())
+    try:
+        settings.STRATA_INSTALLATION_ID = "alpha"
+        assert reconcile_host(host.pk)["orphans_seen"] == 3
+        assert {o.name for o in Orphan.objects.all()} == left["alpha"]
+        Orphan.objects.update(first_seen_at=timezone.now() - timedelta(hours=2))
+        assert reconcile_host(host.pk)["orphans_removed"] == 3
+        assert present(drivers["alpha"]) & everything == left["beta"] | left[None]
+
+        settings.STRATA_INSTALLATION_ID = "beta"
+        assert sweep(host.pk) == {"seen": 3, "removed": 3}
+        assert present(drivers["beta"]) & everything == left[None]
+
+        audited = AuditEvent.objects.filter(action="orphan.removed")
+        assert {event.details["name"] for event in audited} == left["alpha"] | left["beta"]
+        assert not Orphan.objects.exists()
+    finally:
+        remove_all(drivers[None], everything)
+
+
+def test_an_orphan_not_named_like_a_vm_is_kept_logged_and_not_audited(drivers, settings, caplog):
+    """Finding 9.14: an own orphan whose name is not a Strata VM's is left in place,
+    logged as skipped, not audited as removed, and stays noted as an orphan."""
+    settings.STRATA_INSTALLATION_ID = "alpha"
+    host = catalogue()[0]
+    odd = make_spec(name="hand-made", uuid=str(uuid.uuid4()), vm_id="9")
+    drivers["alpha"].define(odd)
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.reconcile"):
+            assert sweep(host.pk) == {"seen": 1, "removed": 0}
+        assert "hand-made" in present(drivers["alpha"])
+        assert not AuditEvent.objects.filter(action="orphan.removed").exists()
+        assert Orphan.objects.filter(kind="domain", name="hand-made").exists()
+        assert "skipped orphan domain hand-made" in caplog.text
+    finally:
+        drivers["alpha"].destroy("hand-made", odd.uuid)
+
+
+def test_an_orphan_that_cannot_be_removed_is_not_audited(drivers, settings, caplog, monkeypatch):
+    """Finding 9.14: a removal libvirt refuses is logged and retried next pass, never
+    audited; the other orphans of the pass still go."""
+    settings.STRATA_INSTALLATION_ID = "alpha"
+    host = catalogue()[0]
+    stuck, fine = (f"strata-{uuid.uuid4()}" for _ in range(2))
+    for name in (stuck, fine):
+        drivers["alpha"].define(make_spec(name=name, uuid=name.removeprefix("strata-")))
+    real_destroy = Hypervisor.destroy
+
+    def destroy(hv, vm_name, vm_uuid):
+        if vm_name == stuck:
+            raise HypervisorError("Requested operation is not valid: domain is locked")
+        return real_destroy(hv, vm_name, vm_uuid)
+
+    monkeypatch.setattr(Hypervisor, "destroy", destroy)
+    try:
+        with caplog.at_level(logging.WARNING, logger="workers.reconcile"):
+            assert sweep(host.pk) == {"seen": 2, "removed": 1}
+        assert stuck in present(drivers["alpha"]) and fine not in present(drivers["alpha"])
+        assert [e.details["name"] for e in AuditEvent.objects.filter(action="orphan.removed")] == [
+            fine
+        ]
+        assert Orphan.objects.filter(name=stuck).exists()
+        assert f"cannot remove orphan domain {stuck}" in caplog.text
+    finally:
+        monkeypatch.undo()
+        real_destroy(drivers["alpha"], stuck, stuck.removeprefix("strata-"))
+    with pytest.raises(NotFound):
+        drivers["alpha"].state(stuck.removeprefix("strata-"))
