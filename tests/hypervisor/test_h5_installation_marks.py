@@ -128,3 +128,28 @@ def test_a_vm_made_before_the_marks_keeps_its_volumes(marked_qemu_hypervisor):
     ]
     hv.destroy("strata-old", str(uuid.uuid4()))
     assert [v.name for v in hv.list_strata_volumes()] == ["base.base.qcow2"]
+
+
+def test_qemu_keeps_the_mark_of_a_domain_on_its_marked_volumes(marked_qemu_hypervisor):
+    """Finding 9.14: the real QEMU driver stores the installation in the domain's
+    metadata, and the domain uses the installation's marked disk and seed
+    (defined only, never started)."""
+    hv, unmarked = marked_qemu_hypervisor
+    spec = make_spec(
+        name="strata-real",
+        uuid=str(uuid.uuid4()),
+        disk_path=hv.create_disk("strata-real", "base", size_gib=1),
+        seed_path=hv.write_seed("strata-real", b"seed"),
+        console_log_path=hv.console_log_path("strata-real"),
+        kernel_boot=None,
+    )
+    hv.define(spec)
+    try:
+        listed = {d.uuid: d for d in unmarked.list_strata_domains()}
+        assert listed[spec.uuid].metadata.installation_id == "inst-a"
+        xml = hv.connection.lookupByUUIDString(spec.uuid).XMLDesc(0)
+        assert "strata-real.inst-a.disk.qcow2" in xml and "strata-real.inst-a.seed.iso" in xml
+    finally:
+        hv.destroy("strata-real", spec.uuid)
+    assert spec.uuid not in {d.uuid for d in unmarked.list_strata_domains()}
+    assert [v.name for v in hv.list_strata_volumes()] == ["base.base.qcow2"]
