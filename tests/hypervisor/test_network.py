@@ -19,7 +19,13 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from workers.hypervisor import InvalidSpec, InvalidState, NotFound, build_domain_xml
+from workers.hypervisor import (
+    HypervisorError,
+    InvalidSpec,
+    InvalidState,
+    NotFound,
+    build_domain_xml,
+)
 from workers.hypervisor.network import (
     NETWORK_NAME_PREFIX,
     DhcpHost,
@@ -416,3 +422,106 @@ def test_a_writer_racing_between_read_and_update_is_retried(driver, monkeypatch)
     monkeypatch.setattr(network_module, "_update", update_after_a_rival)
     assert driver.put_dns_host("strata-7", record) is False
     assert raced and driver.get("strata-7").dns_hosts == (record,)
+
+
+def test_two_ensures_at_once_make_one_running_network(driver):
+    """Two jobs of one environment (a retry racing its original) both succeed."""
+    results: list[object] = []
+    start = threading.Barrier(2)
+
+    def ensure() -> None:
+        conn = libvirt.open("test:///default")
+        try:
+            start.wait()
+            results.append(NetworkDriver(conn).ensure(make_config()))
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            results.append(error)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=ensure) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert [type(result).__name__ for result in results] == ["StrataNetwork"] * 2
+    assert results[0] == results[1] and results[0].active
+    assert [network.name for network in driver.list()] == ["strata-7"]
+
+
+def test_two_removes_at_once_leave_nothing_and_raise_nothing(driver):
+    driver.ensure(make_config())
+    outcomes: list[object] = []
+    start = threading.Barrier(2)
+
+    def remove() -> None:
+        conn = libvirt.open("test:///default")
+        try:
+            start.wait()
+            outcomes.append(NetworkDriver(conn).remove("strata-7"))
+        except BaseException as error:  # noqa: BLE001 - reported by the assertion below
+            outcomes.append(error)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=remove) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert all(isinstance(outcome, bool) for outcome in outcomes) and True in outcomes
+    assert driver.list() == []
+
+
+def refuse_to_start(_network) -> None:
+    raise libvirt.libvirtError("internal error: Network is already in use by interface eth9")
+
+
+def test_a_network_that_cannot_start_is_not_left_defined(driver, monkeypatch):
+    """On a real host create() fails when the subnet clashes with a host route
+    or the bridge exists; the test driver never fails it, so the fault is injected."""
+    monkeypatch.setattr(libvirt.virNetwork, "create", refuse_to_start)
+    with pytest.raises(HypervisorError, match="already in use"):
+        driver.ensure(make_config())
+    assert driver.list() == []
+
+
+def test_an_existing_network_that_cannot_start_stays_defined(driver, monkeypatch):
+    driver.ensure(make_config())
+    driver._conn.networkLookupByName("strata-7").destroy()
+    monkeypatch.setattr(libvirt.virNetwork, "create", refuse_to_start)
+    with pytest.raises(HypervisorError, match="already in use"):
+        driver.ensure(make_config())
+    assert [network.name for network in driver.list()] == ["strata-7"]
+
+
+@pytest.mark.integration
+def test_records_on_the_real_network_driver(tmp_path):
+    """libvirtd's own network driver (not the test driver) on a network that is
+    defined but never started: no bridge, no dnsmasq, no address appears on
+    this machine, and updates go to the config only."""
+    try:
+        conn = libvirt.open("qemu:///system")
+    except libvirt.libvirtError as error:
+        pytest.skip(f"no libvirtd: {error}")
+    config = make_config(environment_id=f"h8test-{uuid.uuid4().hex[:8]}", uuid=str(uuid.uuid4()))
+    network = conn.networkDefineXML(build_network_xml(config))
+    try:
+        real = NetworkDriver(conn)
+        assert real.get(config.name).active is False and network.autostart() == 0
+        record = DnsHost("10.77.1.12", ("db", "db.dev.acme.strata"))
+        assert real.put_dns_host(config.name, record) is True
+        assert real.put_dns_host(config.name, record) is False
+        moved = dataclasses.replace(API, ip="10.77.1.13")
+        assert real.put_dhcp_host(config.name, moved) is True
+        assert real.get(config.name).dhcp_hosts == (WEB, moved)
+        assert real.remove_dns_host(config.name, "10.77.1.12") is True
+        assert real.remove_dns_host(config.name, "10.77.1.12") is False
+        assert real.sync_records(config.name, config.dhcp_hosts, config.dns_hosts) is True
+        synced = real.get(config.name)
+        assert set(synced.dhcp_hosts) == set(config.dhcp_hosts)
+        assert synced.dns_hosts == config.dns_hosts
+        virt_xml_validate(tmp_path, network.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE), "network")
+    finally:
+        network.undefine()
+        conn.close()

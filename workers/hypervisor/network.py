@@ -14,6 +14,7 @@ value raises InvalidSpec naming the field. No Django here.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import ipaddress
 import re
@@ -416,6 +417,7 @@ class NetworkDriver:
             raise
 
     def _require(self, name: str) -> libvirt.virNetwork:
+        require_match("name", name, NETWORK_NAME_PATTERN, "a Strata network name")
         with libvirt_errors():
             network = self._lookup(name)
         if network is None:
@@ -432,12 +434,12 @@ class NetworkDriver:
         xml_text = build_network_xml(config)
         with libvirt_errors():
             network = self._lookup(config.name)
-            if network is None:
+            defined_here = network is None
+            if defined_here:
                 network = self._conn.networkDefineXML(xml_text)
             else:
                 self._check_structure(network, xml_text)
-            if not network.isActive():
-                network.create()
+            _start(network, undefine_on_failure=defined_here)
             if not network.autostart():
                 network.setAutostart(1)
         self.sync_records(config.name, config.dhcp_hosts, config.dns_hosts)
@@ -453,16 +455,23 @@ class NetworkDriver:
             )
 
     def remove(self, name: str) -> bool:
-        """Stop and undefine the network; False if there was none."""
+        """Stop and undefine the network; False if there was none.
+
+        Another worker removing it at the same time is no error.
+        """
         require_match("name", name, NETWORK_NAME_PATTERN, "a Strata network name")
         with libvirt_errors():
             network = self._lookup(name)
             if network is None:
                 return False
-            if network.isActive():
-                network.destroy()
-            if network.isPersistent():
-                network.undefine()
+            try:
+                if network.isActive():
+                    network.destroy()
+                if network.isPersistent():
+                    network.undefine()
+            except libvirt.libvirtError:
+                if self._lookup(name) is not None:
+                    raise
         return True
 
     def get(self, name: str) -> StrataNetwork:
@@ -570,6 +579,23 @@ class NetworkDriver:
             except InvalidState as error:
                 last_error = error
         raise InvalidState(f"network {network.name()}: records kept changing: {last_error}")
+
+
+def _start(network: libvirt.virNetwork, undefine_on_failure: bool) -> None:
+    """Start the network unless it runs; a network this call defined and could
+    not start is undefined again, so a failure leaves nothing half-made."""
+    if network.isActive():
+        return
+    try:
+        network.create()
+    except libvirt.libvirtError:
+        # Another worker may have started it between our check and create().
+        if network.isActive():
+            return
+        if undefine_on_failure:
+            with contextlib.suppress(libvirt.libvirtError):
+                network.undefine()
+        raise
 
 
 def _conflicts(existing: DhcpHost | DnsHost, wanted: DhcpHost | DnsHost) -> bool:
