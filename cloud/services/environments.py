@@ -34,18 +34,54 @@ def get_environment(user, team, env_id) -> Environment:
     return env
 
 
-def team_usage(team) -> dict[str, int]:
-    totals = (
-        _live_vms()
-        .for_team(team)
-        .aggregate(
-            vms=Count("id"),
-            vcpus=Sum("flavor__vcpus"),
-            memory_mb=Sum("flavor__memory_mb"),
-            disk_gb=Sum("flavor__disk_gb"),
-        )
+RESOURCES = ("vcpus", "memory_mb", "disk_gb")
+
+
+def resize_reservations(vms) -> dict[int, dict[str, int]]:
+    """What unfinished resizes hold beyond each VM's current flavor, by VM id.
+
+    A resize reserves its flavor from the request until its job ends: until
+    then the VM may end up with either flavor, so it counts as the larger of
+    the two in each resource (and of all its pending flavors, if several are
+    queued).  A failed or cancelled resize stops counting when its job ends.
+    """
+    pending = (
+        Job.objects.filter(kind="vm_resize", vm__in=vms)
+        .exclude(state__in=Job.machine.final_states)
+        .select_related("vm__flavor")
     )
-    return {k: v or 0 for k, v in totals.items()}
+    names = [job.params.get("flavor") for job in pending]
+    targets = {flavor.name: flavor for flavor in Flavor.objects.filter(name__in=names)}
+    extra: dict[int, dict[str, int]] = {}
+    for job in pending:
+        target, current = targets.get(job.params.get("flavor")), job.vm.flavor
+        if target is None:
+            continue
+        held = extra.setdefault(job.vm_id, dict.fromkeys(RESOURCES, 0))
+        for resource in RESOURCES:
+            grown = getattr(target, resource) - getattr(current, resource)
+            held[resource] = max(held[resource], grown)
+    return extra
+
+
+def _add_reserved(totals: dict, held: dict[str, int]) -> None:
+    for resource in RESOURCES:
+        totals[resource] = totals.get(resource, 0) + held[resource]
+
+
+def team_usage(team) -> dict[str, int]:
+    """The team's VMs and their resources, counting what pending resizes reserve."""
+    vms = _live_vms().for_team(team)
+    totals = vms.aggregate(
+        vms=Count("id"),
+        vcpus=Sum("flavor__vcpus"),
+        memory_mb=Sum("flavor__memory_mb"),
+        disk_gb=Sum("flavor__disk_gb"),
+    )
+    usage = {k: v or 0 for k, v in totals.items()}
+    for held in resize_reservations(vms).values():
+        _add_reserved(usage, held)
+    return usage
 
 
 def _check_quota(team, field: str, **wanted: int) -> None:
@@ -57,26 +93,31 @@ def _check_quota(team, field: str, **wanted: int) -> None:
     over = [
         f"{resource}: {used[resource]} used + {need} requested > quota {getattr(quota, resource)}"
         for resource, need in wanted.items()
-        if used[resource] + need > getattr(quota, resource)
+        # What is not asked for is not refused, even where the team is over its quota.
+        if need > 0 and used[resource] + need > getattr(quota, resource)
     ]
     if over:
         raise QuotaExceeded({field: ["team quota exceeded: " + "; ".join(over)]})
 
 
-def _host_states() -> list[HostState]:
-    # Locking the hosts makes two concurrent placements see each other's VMs.
-    hosts = list(Host.objects.select_for_update().order_by("pk"))
+def _host_states(hosts=None) -> list[HostState]:
+    """The hosts (all, or the queryset ``hosts``) with what their live VMs use and reserve."""
+    # Locking the hosts makes two concurrent placements or resizes see each other's VMs.
+    hosts = list(
+        (Host.objects.all() if hosts is None else hosts).select_for_update().order_by("pk")
+    )
+    live = _live_vms().filter(host__in=hosts)
     usage = {
         row["host"]: row
-        for row in _live_vms()
-        .filter(host__in=hosts)
-        .values("host")
-        .annotate(vcpus=Sum("flavor__vcpus"), memory_mb=Sum("flavor__memory_mb"))
+        for row in live.values("host").annotate(
+            vcpus=Sum("flavor__vcpus"), memory_mb=Sum("flavor__memory_mb")
+        )
     }
+    reserved = resize_reservations(live)
+    for vm_id, host_id in live.filter(pk__in=reserved).values_list("pk", "host"):
+        _add_reserved(usage.setdefault(host_id, {"host": host_id}), reserved[vm_id])
     env_counts: dict[int, dict] = {}
-    for row in (
-        _live_vms().filter(host__in=hosts).values("host", "environment").annotate(n=Count("id"))
-    ):
+    for row in live.values("host", "environment").annotate(n=Count("id")):
         env_counts.setdefault(row["host"], {})[row["environment"]] = row["n"]
     states = []
     for host in hosts:
@@ -268,11 +309,59 @@ def _validate_vm_action(vm: VirtualMachine, action: str, params: dict) -> dict:
             raise ValidationError({"snapshot": exc.messages}) from exc
         clean["snapshot"] = name
     if action == "resize":
-        flavor = Flavor.objects.filter(name=params.get("flavor")).first()
-        if flavor is None:
-            raise ValidationError({"flavor": [f"no flavor named {params.get('flavor')!r}"]})
-        clean["flavor"] = flavor.name
+        clean["flavor"] = _validate_resize(vm, params.get("flavor")).name
     return clean
+
+
+def _validate_resize(vm: VirtualMachine, name) -> Flavor:
+    flavor = Flavor.objects.filter(name=name).first() if isinstance(name, str) else None
+    if flavor is None:
+        raise ValidationError({"flavor": [f"no flavor named {name!r}"]})
+    if flavor == vm.flavor:
+        raise ValidationError({"flavor": [f"the VM has flavor {flavor.name} already"]})
+    if flavor.disk_gb != vm.flavor.disk_gb:
+        # Resizing changes vCPUs and memory; the VM's disk keeps its size.
+        raise ValidationError(
+            {
+                "flavor": [
+                    f"flavor {flavor.name} has a {flavor.disk_gb} GiB disk and this VM's is "
+                    f"{vm.flavor.disk_gb} GiB: resize keeps the disk, pick a flavor with "
+                    "the same disk size"
+                ]
+            }
+        )
+    return flavor
+
+
+def _reserve_resize(team, vm: VirtualMachine, flavor: Flavor) -> None:
+    """Count ``flavor`` against the team's quota and the VM's host until the job ends.
+
+    Refuses (naming ``flavor``) when either has no room for what the resize adds
+    to what the VM already holds (its flavor and any resize queued before).
+    """
+    # Quota row first, then the host row: the order create_environment takes them in.
+    Quota.objects.select_for_update().get(team=team)
+    current = Flavor.objects.get(pk=VirtualMachine.objects.get(pk=vm.pk).flavor_id)
+    held = resize_reservations(VirtualMachine.objects.filter(pk=vm.pk)).get(vm.pk, {})
+    grows = {
+        resource: max(
+            getattr(flavor, resource) - getattr(current, resource) - held.get(resource, 0), 0
+        )
+        for resource in RESOURCES
+    }
+    _check_quota(team, "flavor", **grows)
+    (host,) = _host_states(Host.objects.filter(pk=vm.host_id))
+    if (grows["vcpus"] or grows["memory_mb"]) and not host.fits(grows["vcpus"], grows["memory_mb"]):
+        raise ValidationError(
+            {
+                "flavor": [
+                    f"host {vm.host.name} has no room for {flavor.name}: "
+                    f"{host.used_vcpus} of {host.vcpu_limit} vCPUs and {host.used_memory_mb} "
+                    f"of {host.memory_limit_mb} MiB taken (with its overcommit), "
+                    f"the resize adds {grows['vcpus']} vCPUs and {grows['memory_mb']} MiB"
+                ]
+            }
+        )
 
 
 def vm_action(*, user, team, vm_id, action, queue_if_busy=False, **params) -> Job:
@@ -281,14 +370,7 @@ def vm_action(*, user, team, vm_id, action, queue_if_busy=False, **params) -> Jo
     clean = _validate_vm_action(vm, action, params)
     with transaction.atomic():
         if action == "resize":
-            new, old = Flavor.objects.get(name=clean["flavor"]), vm.flavor
-            _check_quota(
-                team,
-                "flavor",
-                vcpus=max(new.vcpus - old.vcpus, 0),
-                memory_mb=max(new.memory_mb - old.memory_mb, 0),
-                disk_gb=max(new.disk_gb - old.disk_gb, 0),
-            )
+            _reserve_resize(team, vm, Flavor.objects.get(name=clean["flavor"]))
         job = jobs.create_job(
             team=team,
             kind=f"vm_{action}",
