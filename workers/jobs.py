@@ -135,6 +135,18 @@ def _lease_expiry():
 _NO_LEASE = {"lease_token": None, "lease_expires_at": None}
 
 
+# --- the lease ----------------------------------------------------------------------
+
+
+def _lease_expiry():
+    # The database's clock, so workers on hosts with skewed clocks agree.
+    return Now() + timedelta(seconds=settings.STRATA_JOB_LEASE_SECONDS)
+
+
+# What a finished or requeued job keeps of its lease: the last owner, for history.
+_NO_LEASE = {"lease_token": None, "lease_expires_at": None}
+
+
 @dataclass
 class Lease:
     """This run's claim on a job; every write through it checks the claim first."""
@@ -199,8 +211,8 @@ class Lease:
                     log.warning("job %s: its lease was taken over; this run stops", self.job_id)
                     return
                 except DatabaseError as error:
-                    # Nobody can take the job over while its token is unchanged:
-                    # renewing later is still in time.
+                    # Keep trying: the next renewal that gets through finds out
+                    # whether another run took the job over meanwhile.
                     log.warning("job %s: could not renew its lease: %s", self.job_id, error)
                     connection.close()
         finally:
@@ -221,7 +233,7 @@ def _acquire(job_id) -> tuple[Job, Lease] | None:
         job = Job.objects.select_for_update().annotate(db_now=Now()).filter(pk=job_id).first()
         if job is None or job.is_finished:
             return None  # deleted, or a duplicate delivery of a job already done
-        if job.lease_token is not None and job.lease_expires_at > job.db_now:
+        if job.lease_expires_at is not None and job.lease_expires_at > job.db_now:
             remaining = (job.lease_expires_at - job.db_now).total_seconds()
             raise RetryLater(round(remaining + 1, 1))
         _check_team_limit(job)
