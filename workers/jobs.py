@@ -123,30 +123,6 @@ def _lease_expiry():
 _NO_LEASE = {"lease_token": None, "lease_expires_at": None}
 
 
-# --- the lease ----------------------------------------------------------------------
-
-
-def _lease_expiry():
-    # The database's clock, so workers on hosts with skewed clocks agree.
-    return Now() + timedelta(seconds=settings.STRATA_JOB_LEASE_SECONDS)
-
-
-# What a finished or requeued job keeps of its lease: the last owner, for history.
-_NO_LEASE = {"lease_token": None, "lease_expires_at": None}
-
-
-# --- the lease ----------------------------------------------------------------------
-
-
-def _lease_expiry():
-    # The database's clock, so workers on hosts with skewed clocks agree.
-    return Now() + timedelta(seconds=settings.STRATA_JOB_LEASE_SECONDS)
-
-
-# What a finished or requeued job keeps of its lease: the last owner, for history.
-_NO_LEASE = {"lease_token": None, "lease_expires_at": None}
-
-
 @dataclass
 class Lease:
     """This run's claim on a job; every write through it checks the claim first."""
