@@ -5,11 +5,12 @@ import threading
 
 import pytest
 from django.db import connection
+from rest_framework.test import APIClient
 
 from cloud.models import Environment, Flavor, Host, Image, Job, VirtualMachine
 from cloud.services import environments
 from cloud.services.errors import Busy, QuotaExceeded, ValidationError
-from tenants.models import Quota
+from tenants.models import ApiToken, Quota
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
 from workers import jobs
 from workers.hypervisor import Hypervisor
@@ -219,3 +220,23 @@ def test_a_smaller_flavor_fits_even_on_a_full_host_over_the_quota(world, catalog
     Quota.objects.filter(team=team).update(vcpus=1, memory_mb=512)  # the team is over already
     Host.objects.filter(pk=catalogue.pk).update(cpus=1, cpu_overcommit=1.0, memory_mb=512)
     assert resize(team, user, one, flavor="tiny").state == "queued"
+
+
+def test_through_the_api_the_second_resize_is_a_400_naming_the_flavor(world):
+    """Finding 9.8: over HTTP, the queued resize's reservation refuses the next one."""
+    team, user, (one, two) = world
+    Quota.objects.filter(team=team).update(vcpus=3)
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {ApiToken.issue(user, 'test')[1]}")
+
+    def post(vm):
+        return client.post(
+            f"/api/v1/teams/{team.name}/vms/{vm.pk}/actions/",
+            {"action": "resize", "flavor": "medium"},
+            format="json",
+        )
+
+    assert post(one).status_code == 202
+    refused = post(two)
+    assert refused.status_code == 400 and set(refused.json()) == {"flavor"}
+    assert Job.objects.filter(kind="vm_resize").count() == 1
