@@ -212,6 +212,10 @@ STRATA_VIRT_TYPE = os.environ.get("STRATA_VIRT_TYPE", "qemu")
 if STRATA_VIRT_TYPE not in {"kvm", "qemu"}:
     raise ImproperlyConfigured("STRATA_VIRT_TYPE must be 'kvm' or 'qemu'")
 STRATA_LIBVIRT_URI = os.environ.get("STRATA_LIBVIRT_URI", "qemu:///system")
+# The libvirt storage pool for disks and seeds (its console-log pool is
+# "<name>-console"): another Strata on the same libvirtd, such as the test
+# suite, uses its own.
+STRATA_STORAGE_POOL = os.environ.get("STRATA_STORAGE_POOL", "strata")
 
 
 # Marks this Strata's libvirt domains and VM volumes: the reconciler removes

@@ -13,6 +13,9 @@ fi
 export DATABASE_URL=${DATABASE_URL:-postgres://$pg_user:$pg_password@127.0.0.1:5432/strata}
 # VMs in tests run under TCG unless told otherwise: KVM is not usable on every CI machine.
 export STRATA_VIRT_TYPE=${STRATA_VIRT_TYPE:-qemu}
+# The suite's own Redis database: a `make run` on this machine uses database 0,
+# and its workers must never take the suite's jobs (or the suite theirs).
+export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}
 # Live-server tests speak plain HTTP on loopback.
 export STRATA_HTTPS=false
 

@@ -60,6 +60,7 @@ def reconcile_host(host_id: int) -> dict[str, int]:
     with Hypervisor(
         host.libvirt_uri,
         settings.STRATA_DATA_DIR,
+        pool_name=settings.STRATA_STORAGE_POOL,
         virt_type=host.virt_type,
         installation_id=settings.STRATA_INSTALLATION_ID,
     ) as hv:

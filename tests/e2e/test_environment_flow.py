@@ -8,15 +8,14 @@ environment and scaled to two replicas; both environments are destroyed and
 nothing is left in libvirt, the data directory or the host's Docker.
 """
 
-import time
 import urllib.request
 
 import pytest
 from django.conf import settings
 
-from cloud.models import Deployment, Job, PortForward, Release, VirtualMachine
+from cloud.models import Deployment, PortForward, Release, VirtualMachine
 from cloud.services import deployments, environments
-from workers.hypervisor import Hypervisor
+from tests.e2e.conftest import job_report, wait_for_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -24,24 +23,9 @@ JOB_TIMEOUT = 900
 WEB = {"ports": [8080], "healthcheck": {"type": "http", "path": "/", "port": 8080, "retries": 60}}
 
 
-def wait_job(job, timeout=JOB_TIMEOUT):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job.refresh_from_db()
-        if job.is_finished:
-            return job
-        time.sleep(1)
-    raise AssertionError(f"{job} did not finish in {timeout} s; steps: {steps_of(job)}")
-
-
-def steps_of(job):
-    rows = [job, *Job.objects.filter(parent=job)]
-    return [(j.kind, s.name, s.state, s.log[-300:]) for j in rows for s in j.steps.all()]
-
-
 def succeeded(job):
-    wait_job(job)
-    assert job.state == "succeeded", (job.error, steps_of(job))
+    job = wait_for_job(job, JOB_TIMEOUT)
+    assert job.state == "succeeded", (job.error, job_report(job))
     return job
 
 
@@ -50,7 +34,11 @@ def http_get(port):
         return response.read().decode().strip()
 
 
-def test_environment_lifecycle(make_team, worker_factory, strata_host, web_images):
+def test_environment_lifecycle(
+    make_team, worker_factory, strata_host, web_images, e2e_hypervisor
+):
+    """Finding 18: the whole path, then nothing left in libvirt, the data directory,
+    the database or (checked by the web_images fixture) the host's Docker."""
     worker_factory(f"strata,{strata_host.queue}")
     team, user = make_team("e2e", "admin")
     v1, v2 = web_images
@@ -82,10 +70,11 @@ def test_environment_lifecycle(make_team, worker_factory, strata_host, web_image
         succeeded(deploy_web(v2))
         assert http_get(port) == "release two"
 
-        broken = wait_job(
+        broken = wait_for_job(
             deploy_web(
                 v2, command=["sleep", "3600"], healthcheck={**WEB["healthcheck"], "retries": 5}
-            )
+            ),
+            JOB_TIMEOUT,
         )
         assert broken.state == "failed" and "rolled back" in broken.error
         assert Deployment.objects.get(pk=broken.params["deployment"]).state == "rolled_back"
@@ -124,13 +113,11 @@ def test_environment_lifecycle(make_team, worker_factory, strata_host, web_image
         for env in (dev, staging):
             succeeded(environments.destroy_environment(user=user, team=team, env_id=env.pk))
     finally:
-        with Hypervisor("qemu:///system", settings.STRATA_DATA_DIR) as hv:
-            leftovers = [d.name for d in hv.list_strata_domains() if d.uuid in made_uuids]
-            volumes = [
-                v.name for v in hv.list_strata_volumes() if any(u in v.name for u in made_uuids)
-            ]
-            for vm_uuid in made_uuids:
-                hv.destroy(f"strata-{vm_uuid}", vm_uuid)  # clean up even when the test failed
+        hv = e2e_hypervisor
+        leftovers = [d.name for d in hv.list_strata_domains() if d.uuid in made_uuids]
+        volumes = [v.name for v in hv.list_strata_volumes() if any(u in v.name for u in made_uuids)]
+        for vm_uuid in made_uuids:
+            hv.destroy(f"strata-{vm_uuid}", vm_uuid)  # clean up even when the test failed
     assert not leftovers and not volumes
     console = settings.STRATA_DATA_DIR / "console"
     assert not [p for p in console.glob("*.log") if any(u in p.name for u in made_uuids)]

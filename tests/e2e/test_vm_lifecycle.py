@@ -2,8 +2,9 @@
 cloud-init, SSH with the pinned host key, Docker inside, snapshot and revert,
 graceful shutdown, destroy, and nothing left behind.
 
-The tests share conftest's one guest and run in file order, after every other
-e2e test (conftest sorts this module last): the final test destroys the guest.
+The tests share conftest's one guest, provisioned by the product's plan, and
+run in file order after every other test (conftest sorts this module last):
+the final test destroys the guest.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ MARKER = "/root/strata-marker"
 
 
 def test_first_boot_reaches_ssh_with_pinned_host_key(booted_vm):
+    """Finding 20: the shared guest comes from the product's own provision_vm plan
+    (service, queue, worker, steps), so its first boot is the product's."""
     print(f"boot to ssh: {booted_vm.boot_to_ssh_seconds:.1f} s")
     assert booted_vm.hypervisor.state(booted_vm.uuid) is DomainState.RUNNING
     stats = booted_vm.hypervisor.domain_stats(booted_vm.uuid)
     print(f"qemu rss: {stats.rss_mib} MiB, guest cpu time: {stats.cpu_time_ns / 1e9:.1f} s")
     assert stats.cpu_time_ns > 0 and stats.rss_mib > 0
-    assert booted_vm.run(["hostname"]).strip() == booted_vm.name
+    assert booted_vm.run(["hostname"]).strip() == booted_vm.hostname
     # cloud-init applied our key: the guest's host key is exactly the pinned one.
     guest_host_key = booted_vm.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"])
     assert guest_host_key.split()[:2] == booted_vm.host_key.public_openssh.split()[:2]

@@ -22,3 +22,12 @@ def remove_pools(hypervisor: Hypervisor) -> None:
                 volume.delete(0)
             pool.destroy()
         pool.undefine()
+
+
+def remove_domains_in(hypervisor: Hypervisor) -> None:
+    """Destroy every domain whose disks live in this hypervisor's data directory:
+    the ones this installation made, and no other's."""
+    prefix = hypervisor.data_dir.rstrip("/") + "/"
+    for domain in hypervisor.connection.listAllDomains(0):
+        if prefix in domain.XMLDesc(0):
+            hypervisor.destroy(domain.name(), domain.UUIDString())

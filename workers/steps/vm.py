@@ -54,6 +54,7 @@ def hypervisor(vm: VirtualMachine):
     with Hypervisor(
         vm.host.libvirt_uri,
         settings.STRATA_DATA_DIR,
+        pool_name=settings.STRATA_STORAGE_POOL,
         virt_type=vm.host.virt_type,
         installation_id=settings.STRATA_INSTALLATION_ID,
     ) as hv:
@@ -218,7 +219,8 @@ def check_docker(ctx: StepContext) -> None:
         if time.monotonic() > deadline:
             raise UserError(f"docker is not answering in the guest: {output[-500:]}")
         time.sleep(2)
-    vm.move_to(VMState.RUNNING, error="")
+    if vm.state != VMState.RUNNING:  # a re-run after a crash past this point
+        vm.move_to(VMState.RUNNING, error="")
     ctx.log(f"docker {output} answering; VM running")
 
 
