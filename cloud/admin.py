@@ -103,8 +103,8 @@ class PortForwardAdmin(admin.ModelAdmin):
 
 @admin.register(Secret)
 class SecretAdmin(admin.ModelAdmin):
-    list_display = ["name", "team", "created_at"]
-    list_filter = ["team"]
+    list_display = ["name", "team", "scope", "environment", "created_at"]
+    list_filter = ["team", "scope"]
     search_fields = ["name"]
     exclude = ["value"]
 

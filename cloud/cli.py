@@ -202,24 +202,30 @@ def cmd_rollback(client, args):
     return env_operation(client, args, "rollback", {"service_name": args.service})
 
 
+def secret_scope(args) -> dict:
+    """The scope a secret command names: --scope KIND or --env ENVIRONMENT."""
+    return {k: v for k, v in {"scope": args.scope, "environment": args.env}.items() if v}
+
+
 def cmd_secret_set(client, args):
     # From stdin, never the command line: argv lands in shell history and `ps`.
     value = sys.stdin.read().rstrip("\n")
-    body = {"name": args.name, "value": value}
+    body = {"name": args.name, "value": value, **secret_scope(args)}
     client.request("POST", client.team_path("secrets/"), json=body)
     print(f"secret {args.name} set")
     return 0
 
 
 def cmd_secret_list(client, args):
-    print_table(
-        client.request("GET", client.team_path("secrets/"))["results"], ["name", "created_at"]
-    )
+    listed = client.request("GET", client.team_path("secrets/"), params=secret_scope(args))
+    for secret in listed["results"]:
+        secret["environment"] = secret["environment"] or ""
+    print_table(listed["results"], ["name", "scope", "environment", "created_at"])
     return 0
 
 
 def cmd_secret_rm(client, args):
-    client.request("DELETE", client.team_path(f"secrets/{args.name}/"))
+    client.request("DELETE", client.team_path(f"secrets/{args.name}/"), params=secret_scope(args))
     print(f"secret {args.name} removed")
     return 0
 
@@ -307,12 +313,18 @@ def parser() -> argparse.ArgumentParser:
         dest="command", required=True
     )
     secret_set = secret.add_parser("set", help="set NAME to the text on standard input")
-    secret_set.add_argument("name")
-    secret_set.set_defaults(run=cmd_secret_set)
-    secret.add_parser("list").set_defaults(run=cmd_secret_list)
+    secret_list = secret.add_parser("list")
     secret_rm = secret.add_parser("rm")
-    secret_rm.add_argument("name")
-    secret_rm.set_defaults(run=cmd_secret_rm)
+    for command, run in ((secret_set, cmd_secret_set), (secret_rm, cmd_secret_rm)):
+        command.add_argument("name")
+        command.set_defaults(run=run)
+    secret_list.set_defaults(run=cmd_secret_list)
+    for command in (secret_set, secret_list, secret_rm):
+        where = command.add_mutually_exclusive_group(required=command is not secret_list)
+        where.add_argument(
+            "--scope", choices=["dev", "staging", "prod"], help="every environment of this kind"
+        )
+        where.add_argument("--env", help="one environment (its own value wins over its kind's)")
 
     jobs = groups.add_parser("jobs", help="jobs").add_subparsers(dest="command", required=True)
     jobs_list = jobs.add_parser("list")

@@ -298,23 +298,64 @@ class VMSample(models.Model):
         return f"{self.vm} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
+class SecretQuerySet(TeamScopedQuerySet):
+    def usable_in(self, environment: "Environment"):
+        """The secrets a deploy into ``environment`` may use: its kind's, and its own."""
+        return self.filter(team=environment.team_id, scope=environment.kind).filter(
+            models.Q(environment__isnull=True) | models.Q(environment=environment)
+        )
+
+    def resolve(self, environment: "Environment", names) -> dict[str, str]:
+        """name -> value in ``environment``: its own secret wins over its kind's."""
+        rows = self.usable_in(environment).filter(name__in=set(names))
+        # Kind-wide rows first, so the environment's own value overwrites them.
+        ordered = sorted(
+            rows.values_list("environment_id", "name", "value"), key=lambda row: row[0] is not None
+        )
+        return {name: value for _, name, value in ordered}
+
+
 class Secret(models.Model):
-    """A team's named secret: an env value or registry credentials, encrypted at rest."""
+    """A team's named secret (an env value or registry credentials), encrypted at rest.
+
+    Scoped to an environment kind, or to one environment of that kind: a deploy
+    uses only the secrets of its environment's scope, and only who may act on
+    that kind may write them.  The scope is part of the identity, so the same
+    name holds a dev value and a prod value.
+    """
 
     team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="secrets")
+    # The most guarded kind unless said otherwise: only admins act on prod.
+    scope = models.CharField(
+        max_length=10, choices=EnvironmentKind.choices, default=EnvironmentKind.PROD
+    )
+    environment = models.ForeignKey(
+        Environment, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets"
+    )
     name = models.CharField(max_length=40, validators=[slug_name])
     value = EncryptedTextField()
     created_at = models.DateTimeField(auto_now_add=True)
 
-    objects = TeamScopedQuerySet.as_manager()
+    objects = SecretQuerySet.as_manager()
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["team", "name"], name="secret_name_unique_in_team")
+            models.UniqueConstraint(
+                fields=["team", "scope", "name"],
+                condition=models.Q(environment__isnull=True),
+                name="secret_name_unique_in_scope",
+            ),
+            models.UniqueConstraint(
+                fields=["environment", "name"],
+                condition=models.Q(environment__isnull=False),
+                name="secret_name_unique_in_environment",
+            ),
+            state_check("scope", EnvironmentKind, "secret_scope_valid"),
         ]
 
     def __str__(self):
-        return f"{self.team.name}/{self.name}"
+        where = self.environment.name if self.environment_id else self.scope
+        return f"{self.team.name}/{where}/{self.name}"
 
 
 class ServiceRestartPolicy(models.TextChoices):

@@ -177,6 +177,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # Environments and secret scopes share the kinds: one schema name for both.
+    "ENUM_NAME_OVERRIDES": {"EnvironmentKindEnum": "cloud.models.EnvironmentKind"},
 }
 
 # --- Celery -----------------------------------------------------------------
@@ -276,6 +278,9 @@ STRATA_SHUTDOWN_SECONDS = int(os.environ.get("STRATA_SHUTDOWN_SECONDS", "60"))
 STRATA_ORPHAN_GRACE_SECONDS = int(os.environ.get("STRATA_ORPHAN_GRACE_SECONDS", "600"))
 # A job not updated for this long is sent to its queue again (its message was lost).
 STRATA_STUCK_JOB_SECONDS = int(os.environ.get("STRATA_STUCK_JOB_SECONDS", "1800"))
+# How long a web request waits for a host's worker to read a container's logs or
+# stats before it answers 503 with Retry-After: a web worker is never held longer.
+STRATA_LIVE_READ_SECONDS = float(os.environ.get("STRATA_LIVE_READ_SECONDS", "5"))
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "strata.reconcile", "schedule": float(STRATA_RECONCILE_SECONDS)},
 }

@@ -103,11 +103,15 @@ _PRIVATE_KEY = re.compile(
 
 
 def mask(text: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
-    """Hide private keys and the job's known secret values in logs and errors."""
+    """Hide private keys and the given secret values in logs and errors.
+
+    Every value is hidden, however short: secrets shorter than 4 characters are
+    refused when set, so only values from before that rule can be that short.
+    """
     text = _PRIVATE_KEY.sub("[private key hidden]", text)
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, "********")
+    # Longest first, so a value containing another is hidden whole.
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "********")
     return text
 
 

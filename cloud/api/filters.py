@@ -1,6 +1,14 @@
 import django_filters
 
-from cloud.models import Environment, Job, JobState, VirtualMachine, VMState
+from cloud.models import (
+    Environment,
+    EnvironmentKind,
+    Job,
+    JobState,
+    Secret,
+    VirtualMachine,
+    VMState,
+)
 from tenants.models import AuditEvent
 
 
@@ -35,3 +43,12 @@ class AuditEventFilter(django_filters.FilterSet):
     class Meta:
         model = AuditEvent
         fields = ["action", "since"]
+
+
+class SecretFilter(django_filters.FilterSet):
+    scope = django_filters.ChoiceFilter(choices=EnvironmentKind.choices)
+    environment = django_filters.CharFilter(field_name="environment__name")
+
+    class Meta:
+        model = Secret
+        fields = ["scope", "environment"]

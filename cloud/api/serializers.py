@@ -273,13 +273,22 @@ class StatsSerializer(serializers.Serializer):
 
 
 class SecretSerializer(serializers.ModelSerializer):
-    """Names only: a secret's value is written, never read back."""
+    """Names and scopes only: a secret's value is written, never read back."""
+
+    environment = serializers.CharField(source="environment.name", default=None)
 
     class Meta:
         model = Secret
-        fields = ["name", "created_at"]
+        fields = ["name", "scope", "environment", "created_at"]
 
 
-class SecretWriteSerializer(serializers.Serializer):
+class SecretScopeSerializer(serializers.Serializer):
+    """Where a secret lives: an environment kind, or one environment (by name)."""
+
+    scope = serializers.CharField(max_length=20, required=False)
+    environment = serializers.CharField(max_length=200, required=False)
+
+
+class SecretWriteSerializer(SecretScopeSerializer):
     name = serializers.CharField(max_length=200)
     value = serializers.CharField(max_length=200_000, trim_whitespace=False)

@@ -31,8 +31,14 @@ from . import filters, serializers
 
 
 class ServiceUnavailable(APIException):
+    """503 with Retry-After (DRF sends ``wait`` as that header)."""
+
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "the VM did not answer"
+
+    def __init__(self, detail, wait: int):
+        super().__init__(detail)
+        self.wait = wait
 
 
 class TeamScopedMixin:
@@ -259,18 +265,23 @@ class ContainerViewSet(TeamScopedMixin, mixins.RetrieveModelMixin, viewsets.Gene
         try:
             return read(user=self.request.user, team=self.get_team(), container_id=pk, **params)
         except containers.Unavailable as exc:
-            raise ServiceUnavailable(str(exc)) from exc
+            raise ServiceUnavailable(str(exc), exc.retry_after) from exc
 
 
 class SecretViewSet(TeamScopedMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
-    """The team's secrets by name; PUT-like create replaces a value, DELETE removes."""
+    """The team's secrets by scope and name; create replaces a value, DELETE removes.
+
+    A scope is an environment kind (``scope``) or one environment
+    (``environment``); DELETE names it in the query string.
+    """
 
     serializer_class = serializers.SecretSerializer
+    filterset_class = filters.SecretFilter
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
 
     def get_queryset(self):
-        return self.scoped(Secret).order_by("name")
+        return self.scoped(Secret).select_related("environment").order_by("scope", "name")
 
     @extend_schema(
         request=serializers.SecretWriteSerializer, responses={201: serializers.SecretSerializer}
@@ -283,6 +294,11 @@ class SecretViewSet(TeamScopedMixin, mixins.ListModelMixin, viewsets.GenericView
         )
         return Response(self.get_serializer(secret).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(parameters=[serializers.SecretScopeSerializer])
     def destroy(self, request, team, name):
-        secrets.delete_secret(user=request.user, team=self.get_team(), name=name)
+        where = serializers.SecretScopeSerializer(data=request.query_params)
+        where.is_valid(raise_exception=True)
+        secrets.delete_secret(
+            user=request.user, team=self.get_team(), name=name, **where.validated_data
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)

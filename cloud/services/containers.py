@@ -1,25 +1,42 @@
 """Reading a container's logs and stats: asked of the worker on its VM's host,
-which reaches the VM's engine over the pinned SSH connection."""
+which reaches the VM's engine over the pinned SSH connection.
+
+A web request waits at most ``STRATA_LIVE_READ_SECONDS`` for that worker, so
+a host whose worker is down or busy costs a web worker seconds, not minutes;
+the question expires with the wait, so a worker that comes back later does not
+work through reads nobody is waiting for.  Logs leave masked with the
+secrets of the container's environment.
+"""
+
+import math
 
 from celery.exceptions import TimeoutError as CeleryTimeout
+from django.conf import settings
 
 from cloud.models import Container
 
 from .access import require_read
 from .errors import NotFound, ValidationError
+from .secrets import mask_for
 
-ANSWER_SECONDS = 20
 MAX_TAIL = 5000
 
 
 class Unavailable(Exception):
     """The VM's worker or engine did not answer in time."""
 
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
 
 def get_container(user, team, container_id) -> Container:
     require_read(user, team)
     container = (
-        Container.objects.for_team(team).select_related("vm__host").filter(pk=container_id).first()
+        Container.objects.for_team(team)
+        .select_related("vm__host", "vm__environment")
+        .filter(pk=container_id)
+        .first()
     )
     if container is None:
         raise NotFound("no such container")
@@ -29,15 +46,22 @@ def get_container(user, team, container_id) -> Container:
 def _ask(task, container: Container, *args):
     from workers import tasks
 
+    wait = settings.STRATA_LIVE_READ_SECONDS
+    retry_after = max(1, math.ceil(wait))
     result = getattr(tasks, task).apply_async(
-        args=[container.pk, *args], queue=container.vm.host.queue
+        args=[container.pk, *args], queue=container.vm.host.queue, expires=wait
     )
     try:
-        return result.get(timeout=ANSWER_SECONDS)
+        return result.get(timeout=wait)
     except CeleryTimeout as exc:
-        raise Unavailable(f"the worker of host {container.vm.host} did not answer") from exc
+        result.forget()
+        raise Unavailable(
+            f"the worker of host {container.vm.host} did not answer within {wait:g} s",
+            retry_after,
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - the remote error, shown to the caller
-        raise Unavailable(f"could not read from {container.vm}: {exc}") from exc
+        message = mask_for(container.vm.environment, f"could not read from {container.vm}: {exc}")
+        raise Unavailable(message, retry_after) from exc
 
 
 def logs(*, user, team, container_id, tail=100, since=None) -> str:
@@ -46,7 +70,7 @@ def logs(*, user, team, container_id, tail=100, since=None) -> str:
         raise ValidationError({"tail": [f"must be a whole number from 1 to {MAX_TAIL}"]})
     if since is not None and (not isinstance(since, int | float) or since < 0):
         raise ValidationError({"since": ["must be a UNIX time"]})
-    return _ask("container_logs", container, tail, since)
+    return mask_for(container.vm.environment, _ask("container_logs", container, tail, since))
 
 
 def stats(*, user, team, container_id) -> dict:

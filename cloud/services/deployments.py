@@ -20,7 +20,6 @@ from cloud.models import (
     Environment,
     Job,
     Release,
-    Secret,
     Service,
     VirtualMachine,
     VMState,
@@ -33,6 +32,7 @@ from workers.remote.references import ImageReference, parse_reference
 from .access import require_act
 from .environments import _take_lock, get_environment
 from .errors import NotFound, ValidationError
+from .secrets import require_resolvable
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 NEXT_KIND = {"dev": "staging", "staging": "prod"}
@@ -87,15 +87,8 @@ def validate_spec(spec: dict, team) -> dict:
         isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str)
         for k, v in secret_env.items()
     ):
+        # Whether the names resolve depends on the target's scope: _roll_out checks.
         bad("secret_env", "must map NAMES to the names of the team's secrets")
-    else:
-        known = set(
-            Secret.objects.for_team(team)
-            .filter(name__in=secret_env.values())
-            .values_list("name", flat=True)
-        )
-        for name in sorted(set(secret_env.values()) - known):
-            bad("secret_env", f"the team has no secret named {name!r}")
     env = spec.get("env", {})
     if not isinstance(env, dict) or not all(
         isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) and "\0" not in v
@@ -199,6 +192,7 @@ def _roll_out(
     user, env: Environment, release: Release, replicas: int, kind: str, queue_if_busy: bool
 ) -> Job:
     """The Deployment and its jobs: a parent, and a child per VM with its share."""
+    require_resolvable(env, release.spec.get("secret_env", {}))
     vms = _running_vms(env)
     try:
         shares = spread_replicas(

@@ -128,11 +128,17 @@ def test_secrets_from_stdin(live_server, make_team, catalogue):
             timeout=60,
         )
 
-    assert run("secret", "set", "db-password", stdin="hunter2\n").returncode == 0
+    # Finding 9.3: a secret names its scope, and the same name holds a value per scope.
+    assert run("secret", "set", "db-password", stdin="hunter2\n").returncode == 2
+    assert run("secret", "set", "db-password", "--scope", "prod", stdin="hunter2\n").returncode == 0
+    assert run("secret", "set", "db-password", "--scope", "dev", stdin="dev-pw-1\n").returncode == 0
     from cloud.models import Secret
 
-    assert Secret.objects.get(team=team, name="db-password").value == "hunter2"
-    listed = run("secret", "list")
-    assert "db-password" in listed.stdout and "hunter2" not in listed.stdout
-    assert run("secret", "rm", "db-password").returncode == 0
-    assert run("secret", "rm", "db-password").returncode == 2
+    stored = Secret.objects.filter(team=team, name="db-password").values_list("scope", "value")
+    assert dict(stored) == {"prod": "hunter2", "dev": "dev-pw-1"}
+    listed = run("secret", "list", "--scope", "prod")
+    assert "db-password" in listed.stdout and "prod" in listed.stdout
+    assert "hunter2" not in listed.stdout and "dev" not in listed.stdout.replace("prod", "")
+    assert run("secret", "rm", "db-password", "--scope", "dev").returncode == 0
+    assert run("secret", "rm", "db-password", "--scope", "dev").returncode == 2
+    assert Secret.objects.get(team=team, name="db-password").scope == "prod"

@@ -16,19 +16,21 @@ URL = "/api/v1/teams/alpha/secrets/"
 def test_set_list_replace_delete(make_team, api_as):
     _, user = make_team("alpha", "developer")
     client = api_as(user)
-    assert client.post(URL, {"name": "db-password", "value": "hunter2"}).status_code == 201
+    body = {"name": "db-password", "value": "hunter2", "scope": "dev"}
+    assert client.post(URL, body).status_code == 201
     listed = client.get(URL).json()["results"]
-    assert [s["name"] for s in listed] == ["db-password"] and "hunter2" not in str(listed)
-    client.post(URL, {"name": "db-password", "value": "correct horse"})
+    assert [(s["name"], s["scope"]) for s in listed] == [("db-password", "dev")]
+    assert "hunter2" not in str(listed)
+    client.post(URL, {**body, "value": "correct horse"})
     assert Secret.objects.get(name="db-password").value == "correct horse"
-    assert client.delete(URL + "db-password/").status_code == 204
-    assert client.delete(URL + "db-password/").status_code == 404
+    assert client.delete(URL + "db-password/?scope=dev").status_code == 204
+    assert client.delete(URL + "db-password/?scope=dev").status_code == 404
 
 
 @pytest.mark.parametrize("field, value", [("name", "../x"), ("name", "A B"), ("value", "")])
 def test_bad_secrets_are_400_naming_the_field(make_team, api_as, field, value):
     _, user = make_team("alpha")
-    body = {"name": "ok", "value": "v", field: value}
+    body = {"name": "ok", "value": "value", "scope": "dev", field: value}
     response = api_as(user).post(URL, body)
     assert response.status_code == 400 and field in response.json()
     assert not Secret.objects.exists()
@@ -38,7 +40,8 @@ def test_viewers_and_strangers(make_team, api_as):
     team, admin = make_team("alpha")
     viewer = type(admin).objects.create_user("viewer")
     Membership.objects.create(team=team, user=viewer, role="viewer")
-    assert api_as(viewer).post(URL, {"name": "x", "value": "y"}).status_code == 403
+    body = {"name": "x", "value": "yyyy", "scope": "dev"}
+    assert api_as(viewer).post(URL, body).status_code == 403
     _, stranger = make_team("beta")
     assert api_as(stranger).get(URL).status_code == 404
 
@@ -49,7 +52,7 @@ def test_a_deploy_injects_the_secret_and_masks_it(sshd_guest):
     vm, engine, image = sshd_guest
     team = vm.environment.team
     user = Membership.objects.get(team=team).user
-    Secret.objects.create(team=team, name="api-key", value="s3cr3t-value-42")
+    Secret.objects.create(team=team, scope="dev", name="api-key", value="s3cr3t-value-42")
     with pytest.raises(deployments.ValidationError) as err:
         deployments.deploy(
             user=user,
@@ -90,3 +93,34 @@ def test_a_deploy_injects_the_secret_and_masks_it(sshd_guest):
     logs = "".join(s.log for s in child.steps.all()) + child.error
     assert "s3cr3t-value-42" not in logs
     assert Job.objects.get(pk=parent.pk).state == "succeeded"
+
+
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+def test_health_probe_output_is_masked_even_for_short_values(sshd_guest):
+    """Finding 9.3: a failing health probe's output and the container logs shown
+    in the job's log are masked with the secret values, short ones too."""
+    vm, engine, image = sshd_guest
+    team = vm.environment.team
+    user = Membership.objects.get(team=team).user
+    Secret.objects.create(team=team, scope="dev", name="pin", value="zq9")
+    Secret.objects.create(team=team, scope="dev", name="api-key", value="dev-key-value-1")
+    probe = ["sh", "-c", "echo probe pin=$PIN key=$API_KEY; exit 1"]
+    parent = deployments.deploy(
+        user=user,
+        team=team,
+        env_id=vm.environment_id,
+        service_name="web",
+        image=image,
+        secret_env={"PIN": "pin", "API_KEY": "api-key"},
+        command=["sh", "-c", "echo boot pin=$PIN; sleep 600"],
+        healthcheck={"type": "command", "command": probe, "retries": 1, "interval": 0.2},
+    )
+    child = parent.children.get()
+    jobs.run(child.id)
+    child.refresh_from_db()
+    logs = "".join(s.log for s in child.steps.all()) + child.error
+    assert child.state == "failed", logs
+    assert "probe pin=******** key=********" in logs
+    assert "boot pin=********" in logs
+    assert "zq9" not in logs and "dev-key-value-1" not in logs

@@ -52,12 +52,10 @@ def release_id(release: Release) -> str:
 
 
 def secret_values(release: Release) -> dict[str, str]:
-    """The release's secret environment, decrypted now (never stored in the spec)."""
+    """The release's secret environment, decrypted now (never stored in the spec):
+    each name resolved in the scope of the environment it is deployed to."""
     wanted = release.spec.get("secret_env", {})
-    team = release.service.environment.team_id
-    values = dict(
-        Secret.objects.filter(team=team, name__in=wanted.values()).values_list("name", "value")
-    )
+    values = Secret.objects.resolve(release.service.environment, wanted.values())
     missing = sorted(set(wanted.values()) - set(values))
     if missing:
         raise UserError(f"secrets gone since the release was made: {', '.join(missing)}")
