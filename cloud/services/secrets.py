@@ -29,8 +29,10 @@ SCOPES = EnvironmentKind.values
 def _where(team, scope, environment) -> tuple[str, Environment | None]:
     """The (kind, environment or None) a request names, or ValidationError naming the field."""
     if environment not in (None, ""):
-        env = Environment.objects.for_team(team).filter(name=environment).first()
-        if not isinstance(environment, str) or env is None:
+        env = None
+        if isinstance(environment, str):
+            env = Environment.objects.for_team(team).filter(name=environment).first()
+        if env is None:
             raise ValidationError({"environment": ["the team has no environment named so"]})
         if scope not in (None, "", env.kind):
             raise ValidationError({"scope": [f"{env.name} is a {env.kind} environment"]})
