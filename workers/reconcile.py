@@ -42,7 +42,7 @@ from workers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeK
 from workers.jobs import enqueue
 from workers.remote import RemoteError, list_containers, remove_container
 from workers.steps.vm import connect
-from workers.steps.vm_ops import STATE_OF_DOMAIN
+from workers.steps.vm_ops import STATE_OF_DOMAIN, record_state
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _reconcile_vm(hv: Hypervisor, vm: VirtualMachine, domain) -> str:
     if domain is not None and vm.state == VMState.STOPPING:
         # A stop whose job ended without recording the outcome: record libvirt's.
         if domain.state in STATE_OF_DOMAIN:
-            vm.move_to(STATE_OF_DOMAIN[domain.state])
+            record_state(vm, STATE_OF_DOMAIN[domain.state])
         return "unchanged"
     if (
         domain is not None

@@ -19,7 +19,7 @@ from workers.steps.vm import hypervisor, vm_of
 STATE_OF_DOMAIN = {DomainState.RUNNING: VMState.RUNNING, DomainState.SHUTOFF: VMState.STOPPED}
 
 
-def _settle(vm: VirtualMachine, state: str, **fields) -> None:
+def record_state(vm: VirtualMachine, state: str, **fields) -> None:
     """Move the VM to ``state`` under its row lock (a no-op when it is there already)."""
     with transaction.atomic():
         locked = VirtualMachine.objects.select_for_update().get(pk=vm.pk)
@@ -37,7 +37,7 @@ def _settle_to_domain(vm: VirtualMachine, hv: Hypervisor) -> str | None:
     except NotFound:
         return None  # the reconciler marks it lost
     if state is not None:
-        _settle(vm, state)
+        record_state(vm, state)
     return state
 
 
@@ -45,7 +45,7 @@ def start_vm(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     with hypervisor(vm) as hv:
         hv.start(str(vm.uuid))
-    _settle(vm, VMState.RUNNING, started_at=timezone.now())
+    record_state(vm, VMState.RUNNING, started_at=timezone.now())
     ctx.log("running")
 
 
@@ -53,10 +53,10 @@ def stop_vm(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     if vm.state == VMState.RUNNING:
         # Written before the shutdown: from here on the VM is not "running".
-        _settle(vm, VMState.STOPPING)
+        record_state(vm, VMState.STOPPING)
     with hypervisor(vm) as hv:
         graceful = hv.shutdown(str(vm.uuid), timeout=settings.STRATA_SHUTDOWN_SECONDS)
-    _settle(vm, VMState.STOPPED)
+    record_state(vm, VMState.STOPPED)
     ctx.log("shut down" if graceful else "did not shut down in time: forced off")
 
 
