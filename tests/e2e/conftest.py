@@ -272,7 +272,8 @@ def provision_shared_guest(install: E2eInstall, guest_image, hypervisor) -> Boot
 @pytest.fixture(scope="session")
 def booted_vm(django_db_setup, django_db_blocker, e2e_install, e2e_hypervisor, guest_image):
     """The session's one guest, SSH-ready, made by the product's provisioning plan;
-    destroyed with everything it owns at the end (its records stay until then)."""
+    destroyed with everything it owns at the end (its records stay until then, so
+    the tests using it are marked django_db)."""
     with django_db_blocker.unblock(), installation_settings(e2e_install):
         vm = provision_shared_guest(e2e_install, guest_image, e2e_hypervisor)
     try:

@@ -17,7 +17,8 @@ import pytest
 from workers.hypervisor import DomainState, NotFound, generate_ed25519_keypair
 from workers.remote import HostKeyMismatch
 
-pytestmark = pytest.mark.e2e
+# The shared guest's records (made by the product) live in the test database.
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db]
 
 SNAPSHOT = "before-marker"
 MARKER = "/root/strata-marker"
