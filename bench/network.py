@@ -7,7 +7,7 @@ kept-alive one. Target: under 1 ms added at the median.
 
 Rollouts: a client sends 20 requests/s on new connections while the replica
 behind the name is replaced, by the runtime API (add, wait healthy, drain,
-remove) and by a hitless reload of the master. Target: 0 failed requests.
+remove) and by a hitless reload through the master CLI. Target: 0 failed requests.
 Today's rollout switches a published port and refuses requests for 5-6 s.
 
 Needs haproxy (scripts/install-system.sh):
@@ -118,7 +118,7 @@ def rollout_rows(rollouts: int) -> list[list[str]]:
     rows = []
     for method, roll in (
         ("runtime API (add, healthy, drain, remove)", rollout_by_runtime_api),
-        ("hitless reload (SIGUSR2 to the master)", rollout_by_reload),
+        ("hitless reload (master CLI reload)", rollout_by_reload),
     ):
         replicas = [ReplicaServer(f"v{n}") for n in range(rollouts + 1)]
         haproxy = Haproxy()

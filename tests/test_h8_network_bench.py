@@ -19,4 +19,4 @@ def test_network_bench_quick():
         assert row in out
     assert "Failed requests during rollouts" in out
     assert "runtime API (add, healthy, drain, remove)" in out
-    assert "hitless reload (SIGUSR2 to the master)" in out
+    assert "hitless reload (master CLI reload)" in out

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from workers.hypervisor.ports import find_free_loopback_ports
 from workers.remote.errors import RemoteError
-from workers.remote.proxy import ProxyConfig, RuntimeAPI, haproxy_argv, render_config
+from workers.remote.proxy import (
+    MasterCLI,
+    MasterState,
+    ProxyConfig,
+    RuntimeAPI,
+    haproxy_argv,
+    render_config,
+)
 from workers.remote.proxy import unix_socket_transport as unix_transport
 
 LOOPBACK = "127.0.0.1"
@@ -99,9 +106,11 @@ class Haproxy:
         self.directory = Path(tempfile.mkdtemp(prefix="strata-haproxy-", dir="/tmp"))
         self.config_path = self.directory / "haproxy.cfg"
         self.runtime_socket = str(self.directory / "admin.sock")
+        self.master_socket = str(self.directory / "master.sock")
         self.state_file = str(self.directory / "server-state")
         self.process: subprocess.Popen | None = None
         self.api = RuntimeAPI(unix_transport(self.runtime_socket))
+        self.master = MasterCLI(unix_transport(self.master_socket))
 
     def config(self, services, **overrides) -> ProxyConfig:
         return ProxyConfig(
@@ -124,12 +133,13 @@ class Haproxy:
     def start(self, config: ProxyConfig, timeout: float = 10.0) -> None:
         self.config_path.write_text(render_config(config))
         self.process = subprocess.Popen(
-            haproxy_argv(str(self.config_path)),
+            haproxy_argv(str(self.config_path), self.master_socket),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
         self._wait_for_listeners(config, timeout)
+        self.master.wait_ready(timeout)
 
     def _wait_for_listeners(self, config: ProxyConfig, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -146,11 +156,11 @@ class Haproxy:
                 raise TimeoutError("haproxy did not open its runtime socket")
             time.sleep(0.05)
 
-    def reload(self, config: ProxyConfig) -> None:
-        """A hitless reload: save servers' state, write the config, SIGUSR2 the master."""
+    def reload(self, config: ProxyConfig) -> MasterState:
+        """A hitless reload: save servers' state, write the config, reload the master."""
         self.api.save_server_state(Path(self.state_file).write_text)
         self.config_path.write_text(render_config(config))
-        os.kill(self.process.pid, signal.SIGUSR2)
+        return self.master.reload()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

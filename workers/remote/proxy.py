@@ -311,6 +311,8 @@ def unix_socket_transport(path: str, timeout: float = 5.0) -> Callable[[str], st
             connection.settimeout(timeout)
             connection.connect(path)
             connection.sendall(command.encode() + b"\n")
+            # The master's CLI answers only once the client has finished.
+            connection.shutdown(socket.SHUT_WR)
             chunks = []
             while chunk := connection.recv(65536):
                 chunks.append(chunk)
@@ -367,7 +369,12 @@ class RuntimeAPI:
             "weight 0",
             success=("New server registered.",),
         )
-        # A dynamic server starts in maintenance with its checks off.
+        self.hold_back(service, replica.name)
+
+    def hold_back(self, service: str, replica: str) -> None:
+        """Enable a server added in maintenance (as dynamic servers are) with
+        its checks on, forced down: it comes up only after passing checks."""
+        target = f"{service}/{replica}"
         self._command("enable health", target)
         self._command("enable server", target)
         self._command("set server", target, "health down")
@@ -389,10 +396,19 @@ class RuntimeAPI:
             raise ProxyConfigError("state", f"must be one of {SERVER_STATES}")
         self._command("set server", f"{service}/{replica}", "state", state)
 
-    def remove_replica(self, service: str, replica: str) -> None:
-        """Put the server in maintenance and delete it (it must be idle)."""
+    def remove_replica(self, service: str, replica: str, force: bool = False) -> bool:
+        """Put the server in maintenance and delete it; False if it was not there.
+
+        HAProxy refuses to delete a server with requests in flight; ``force``
+        cuts them first (for a drain that ran out of time).
+        """
+        if replica not in self.servers(service):
+            return False
         self.set_state(service, replica, "maint")
+        if force:
+            self._command("shutdown sessions server", f"{service}/{replica}")
         self._command("del server", f"{service}/{replica}", success=("Server deleted.",))
+        return True
 
     def wait_until(
         self,
@@ -416,6 +432,70 @@ class RuntimeAPI:
         write(self._send("show servers state"))
 
 
+@dataclass(frozen=True)
+class MasterState:
+    """The master process: reloads done, reloads refused, old workers still finishing."""
+
+    reloads: int
+    failed_reloads: int
+    old_workers: int
+
+
+MASTER_LINE_PATTERN = re.compile(r"^\d+\s+master\s+(\d+)\s+\[failed: (\d+)\]", re.MULTILINE)
+
+
+class MasterCLI:
+    """The master's own CLI (``haproxy -S``): hitless reloads and their outcome."""
+
+    def __init__(self, send: Callable[[str], str]) -> None:
+        self._send = send
+
+    def state(self) -> MasterState:
+        answer = self._send("show proc")
+        match = MASTER_LINE_PATTERN.search(answer)
+        if match is None:
+            raise RuntimeCommandFailed(f"show proc: {answer.strip()}")
+        old = answer.split("# old workers", 1)[1] if "# old workers" in answer else ""
+        old_workers = sum(
+            1 for line in old.split("# programs", 1)[0].splitlines() if line[:1].isdigit()
+        )
+        return MasterState(int(match[1]), int(match[2]), old_workers)
+
+    def wait_ready(self, timeout: float) -> MasterState:
+        """The master's state once its CLI answers: right after start and after
+        every reload the master re-executes itself and reopens the socket."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.state()
+            except OSError as error:
+                if time.monotonic() > deadline:
+                    raise ProxyTimeout(f"haproxy's master CLI did not answer: {error}") from None
+            time.sleep(0.05)
+
+    def reload(self, timeout: float = 30.0) -> MasterState:
+        """Load the configuration file again without dropping a connection.
+
+        New workers take over the listening sockets; old ones finish their
+        requests (at most ``hard_stop_after_ms``). If HAProxy refuses the new
+        file, the old workers keep serving and RuntimeCommandFailed says so.
+        """
+        deadline = time.monotonic() + timeout
+        before = self.wait_ready(timeout)
+        self._send("reload")
+        while True:
+            time.sleep(0.05)
+            now = self.wait_ready(max(0.0, deadline - time.monotonic()))
+            if now.failed_reloads > before.failed_reloads:
+                raise RuntimeCommandFailed(
+                    "haproxy refused the new configuration; the old workers keep serving"
+                )
+            if now.reloads > before.reloads:
+                return now
+            if time.monotonic() > deadline:
+                raise ProxyTimeout(f"haproxy did not report the reload within {timeout:g} s")
+
+
 def roll_replica(
     api: RuntimeAPI,
     service: Service,
@@ -429,20 +509,31 @@ def roll_replica(
     The new server is added and must pass its health check before the old
     ones are drained; each old one is removed once it has no open request.
     If the new one never becomes healthy it is removed again and the old
-    ones keep serving (ProxyTimeout).
+    ones keep serving (ProxyTimeout). A drain that runs out of time raises
+    ProxyTimeout with the old replica drained but kept; the caller decides
+    whether to wait longer or remove it with ``force``.
+
+    Re-running after a crash halfway is safe: a new replica already added is
+    not added again, old ones already removed are skipped.
     """
-    api.add_replica(service.name, new, service.health)
+    current = api.servers(service.name)
+    if new.name not in current:
+        api.add_replica(service.name, new, service.health)
+    elif current[new.name].status == "MAINT":
+        # An earlier run stopped between adding the server and enabling it.
+        api.hold_back(service.name, new.name)
     try:
         api.admit_replica(service.name, new.name, health_timeout)
     except ProxyTimeout:
         api.remove_replica(service.name, new.name)
         raise
-    for name in old:
+    remaining = [name for name in old if name in api.servers(service.name)]
+    for name in remaining:
         api.set_state(service.name, name, "drain")
-    for name in old:
+    for name in remaining:
         api.wait_until(
             service.name,
-            lambda servers, name=name: servers[name].sessions == 0,
+            lambda servers, name=name: name not in servers or servers[name].sessions == 0,
             drain_timeout,
             f"{name} did not drain",
         )
