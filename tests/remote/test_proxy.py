@@ -196,6 +196,9 @@ def test_runtime_commands_refuse_hostile_names_before_sending():
         lambda: api.set_state("api", "a1", "ready\nshutdown frontend api"),
         lambda: api.servers("api\nshow info"),
         lambda: api.add_replica("api", Replica("a2", "10.77.1.10 weight 0", 80), FAST),
+        lambda: api.hold_back("api", "a2\nshutdown sessions server api/a1"),
+        lambda: api.admit_replica("api", "a2 weight 100", timeout=1),
+        lambda: api.remove_replica("api/a1", "a1"),
     ):
         with pytest.raises(ProxyConfigError):
             call()

@@ -374,6 +374,8 @@ class RuntimeAPI:
     def hold_back(self, service: str, replica: str) -> None:
         """Enable a server added in maintenance (as dynamic servers are) with
         its checks on, forced down: it comes up only after passing checks."""
+        _require_name("service", service)
+        _require_name("replica", replica)
         target = f"{service}/{replica}"
         self._command("enable health", target)
         self._command("enable server", target)
@@ -381,6 +383,7 @@ class RuntimeAPI:
 
     def admit_replica(self, service: str, replica: str, timeout: float) -> None:
         """Wait until the replica passed its health checks, then give it traffic."""
+        _require_name("replica", replica)
         self.wait_until(
             service,
             lambda servers: replica in servers and servers[replica].up,
