@@ -469,6 +469,42 @@ class Deployment(StatefulModel):
         return f"{self.release} to {self.environment} ({self.state})"
 
 
+class TargetOutcome(models.TextChoices):
+    """What one VM's part of a deployment came to."""
+
+    PENDING = "pending"  # its rollout has not finished
+    SUCCEEDED = "succeeded"  # the new release serves there
+    ROLLED_BACK = "rolled_back"  # its rollout failed and put the previous release back
+    FAILED = "failed"  # its job failed otherwise: what serves there is not known
+    REVERTED = "reverted"  # it succeeded, then went back because another VM failed
+    REVERT_FAILED = "revert_failed"  # going back failed too: it may serve either release
+
+
+class DeploymentTarget(models.Model):
+    """One VM of a deployment and its typed outcome, so the deployment's own
+    outcome (and what each VM serves) never has to be read from error text."""
+
+    Outcome = TargetOutcome
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="targets")
+    vm = models.ForeignKey(VirtualMachine, on_delete=models.CASCADE, related_name="deployments")
+    outcome = models.CharField(max_length=14, choices=Outcome.choices, default=Outcome.PENDING)
+    detail = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = scoped_queryset("deployment__environment__team").as_manager()
+
+    class Meta:
+        ordering = ["deployment", "vm__name"]
+        constraints = [
+            models.UniqueConstraint(fields=["deployment", "vm"], name="deployment_target_once"),
+            state_check("outcome", TargetOutcome, "deployment_target_outcome_valid"),
+        ]
+
+    def __str__(self):
+        return f"{self.deployment} on {self.vm}: {self.outcome}"
+
+
 class ContainerState(models.TextChoices):
     CREATED = "created"
     RUNNING = "running"

@@ -17,6 +17,7 @@ from django.db.models import Max
 from cloud.models import (
     Deployment,
     DeploymentState,
+    DeploymentTarget,
     Environment,
     Job,
     Release,
@@ -28,6 +29,7 @@ from tenants.models import AuditEvent, slug_name
 from workers import jobs
 from workers.remote import InvalidSpec, spread_replicas
 from workers.remote.references import ImageReference, parse_reference
+from workers.remote.services import HEALTH_LIMITS
 
 from .access import require_act
 from .environments import _take_lock, get_environment
@@ -134,9 +136,14 @@ def validate_spec(spec: dict, team) -> dict:
             and all(isinstance(a, str) for a in health["command"])
         ):
             bad("healthcheck", "command must be a non-empty list of strings")
-        for key, low, high in (("interval", 0.1, 60), ("timeout", 0.1, 60), ("retries", 1, 300)):
-            if key in health and not _number(health[key], low, high):
-                bad("healthcheck", f"{key} must be from {low} to {high}")
+        for key, (low, high) in HEALTH_LIMITS.items():
+            whole = key != "retries" or isinstance(health.get(key), int)
+            if key in health and not (whole and _number(health[key], low, high)):
+                bad(
+                    "healthcheck",
+                    f"{key} must be {'a whole number ' if key == 'retries' else ''}"
+                    f"from {low:g} to {high:g}",
+                )
     if errors:
         raise ValidationError(errors)
     return {
@@ -203,6 +210,9 @@ def _roll_out(
     except InvalidSpec as exc:
         raise ValidationError({"replicas": [str(exc)]}) from exc
     deployment = Deployment.objects.create(environment=env, release=release)
+    DeploymentTarget.objects.bulk_create(
+        DeploymentTarget(deployment=deployment, vm=vm) for vm in vms
+    )
     parent = jobs.create_job(
         team=env.team,
         kind="deploy",

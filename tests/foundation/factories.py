@@ -3,6 +3,7 @@
 from cloud.models import (
     Container,
     Deployment,
+    DeploymentTarget,
     Environment,
     Flavor,
     Host,
@@ -53,7 +54,8 @@ def team_world(team, port: int):
     release = Release.objects.create(
         service=service, version=1, image_digest="sha256:" + SHA, spec={}
     )
-    Deployment.objects.create(environment=env, release=release)
+    deployment = Deployment.objects.create(environment=env, release=release)
+    DeploymentTarget.objects.create(deployment=deployment, vm=vm)
     Container.objects.create(vm=vm, service=service, release=release, name="web-1")
     Secret.objects.create(team=team, name="token", value="s3cret")
     job = Job.objects.create(team=team, kind="provision", environment=env, vm=vm)

@@ -184,11 +184,11 @@ def test_unhealthy_new_serving_container_rolls_back(
     # (e.g. the host port misbehaves), which a real image cannot stage here.
     real_wait_healthy = rollout_module.wait_healthy
 
-    def failing_after_switch(ssh, engine, container_id, health):
+    def failing_after_switch(ssh, engine, container_id, health, deadline=None):
         role = engine.api.inspect_container(container_id)["Config"]["Labels"]
         if role["io.strata.role"] == "serving":
             raise HealthCheckFailed(container_id[:12], "injected", "", "")
-        return real_wait_healthy(ssh, engine, container_id, health)
+        return real_wait_healthy(ssh, engine, container_id, health, deadline)
 
     monkeypatch.setattr(rollout_module, "wait_healthy", failing_after_switch)
     with pytest.raises(RolloutFailed) as caught:

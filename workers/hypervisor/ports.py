@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 
 from .errors import HypervisorError
 
@@ -41,3 +41,25 @@ def find_free_loopback_ports(
         if len(found) == count:
             return found
     raise HypervisorError(f"no {count} free loopback ports in {port_range}")
+
+
+def claim_loopback_port(
+    claim: Callable[[int], bool],
+    taken: Callable[[], Collection[int]],
+    *,
+    rounds: int = 5,
+    batch: int = 5,
+    port_range: range = PORT_RANGE,
+) -> int:
+    """The first free port that ``claim`` records for the caller.
+
+    ``claim(port)`` returns False when another allocator recorded that port
+    first (a unique constraint refused it); the next candidate is tried, and
+    after each batch ``taken()`` is read again.  The one allocator of forwards
+    for SSH and for published ports, so concurrent jobs never share a port.
+    """
+    for _ in range(rounds):
+        for port in find_free_loopback_ports(batch, exclude=taken(), port_range=port_range):
+            if claim(port):
+                return port
+    raise HypervisorError(f"every free loopback port tried in {port_range} was taken first")

@@ -62,9 +62,17 @@ class ImageShipFailed(RemoteError):
 class HealthCheckFailed(RemoteError):
     """A container never became healthy; carries what is needed to debug it."""
 
-    def __init__(self, container: str, reason: str, last_output: str, logs_tail: str):
+    def __init__(
+        self,
+        container: str,
+        reason: str,
+        last_output: str,
+        logs_tail: str,
+        out_of_time: bool = False,  # the caller's deadline came before the retries ran out
+    ):
         self.container = container
         self.reason = reason
+        self.out_of_time = out_of_time
         self.last_output = last_output
         self.logs_tail = logs_tail
         super().__init__(f"container {container} unhealthy: {reason}")

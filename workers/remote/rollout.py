@@ -64,6 +64,7 @@ class StepRecord:
 @dataclass
 class RolloutReport:
     release_id: str
+    previous_release: str | None = None  # what served before, if another release
     steps: list[StepRecord] = field(default_factory=list)
     push: PushResult | None = None
     switch_seconds: float | None = None  # longest stop-old + start-new of a replica
@@ -77,14 +78,18 @@ def roll_out(
     replicas: int | None = None,
     local_engine: docker.DockerClient | None = None,
     registry_auth: RegistryAuth | None = None,
+    health_seconds: float | None = None,
     log: logging.Logger = logger,
 ) -> RolloutReport:
     """Make ``release_id`` of ``spec`` the one serving on this target.
 
     ``replicas`` is this target's share (``spec.replicas`` when None).  With
     ``local_engine`` the image is pushed from it registry-less, otherwise
-    pulled.  Raises RolloutFailed (after rolling back), InvalidSpec, or the
-    SSH errors (SSHUnreachable is transient: run the rollout again).
+    pulled.  ``health_seconds`` bounds the whole time spent waiting for
+    health, over every replica and check, from the first check on: a release
+    not healthy by then is rolled back.  Raises RolloutFailed (after rolling
+    back), InvalidSpec, or the SSH errors (SSHUnreachable is transient: run
+    the rollout again).
     """
     spec.validate()
     validate_release_id(release_id)
@@ -95,6 +100,7 @@ def roll_out(
         )
     engine = ssh.docker()
     report = RolloutReport(release_id)
+    health = _HealthClock(ssh, engine, spec, health_seconds)
 
     def step(name: str, action: Callable[[], str]) -> None:
         started = time.monotonic()
@@ -138,6 +144,7 @@ def roll_out(
         if c.role == ROLE_SERVING and c.state == "running"
     ]
     previous = next((c.release_id for c in serving if c.release_id != release_id), None)
+    report.previous_release = previous
     already_serving = {c.replica for c in serving if c.release_id == release_id}
 
     step("ship image", ship_image)
@@ -157,7 +164,7 @@ def roll_out(
             step("start new", start_new)
             step(
                 "health-check new",
-                lambda: _health_or_remove(ssh, engine, spec, new_ids, previous, "health-check new"),
+                lambda: _health_or_remove(health, new_ids, previous, "health-check new"),
             )
         except RolloutFailed:
             # The old replicas were never stopped: dropping the new ones is the rollback.
@@ -177,11 +184,11 @@ def roll_out(
         step(
             "health-check candidate",
             lambda: _health_or_remove(
-                ssh, engine, spec, [candidate["id"]], previous, "health-check candidate"
+                health, [candidate["id"]], previous, "health-check candidate"
             ),
         )
         try:
-            step("switch", lambda: _switch(ssh, engine, spec, release_id, count, previous, report))
+            step("switch", lambda: _switch(health, release_id, count, previous, report))
         except RolloutFailed:
             remove_container(engine, candidate["id"])
             raise
@@ -190,18 +197,52 @@ def roll_out(
     return report
 
 
-def _health_or_remove(ssh, engine, spec, container_ids, previous, step_name) -> str:
+class _HealthClock:
+    """Health waits of one rollout, sharing one deadline set at the first wait."""
+
+    def __init__(self, ssh, engine, spec: ServiceSpec, seconds: float | None):
+        self.ssh, self.engine, self.spec, self.seconds = ssh, engine, spec, seconds
+        self.deadline: float | None = None
+
+    def wait(self, container_id: str) -> str:
+        if self.seconds is not None and self.deadline is None:
+            self.deadline = time.monotonic() + self.seconds
+        try:
+            return wait_healthy(
+                self.ssh, self.engine, container_id, self.spec.health, self.deadline
+            )
+        except HealthCheckFailed as exc:
+            if not exc.out_of_time:
+                raise
+            reason = f"not healthy within the rollout's {self.seconds:g} s health budget"
+            raise HealthCheckFailed(
+                exc.container, reason, exc.last_output, exc.logs_tail, out_of_time=True
+            ) from exc
+
+
+def withdraw(ssh: SSHConnection, service_id: str, release_id: str) -> str:
+    """Remove every container of ``release_id`` of the service (the way back
+    from a first release, when nothing served before it)."""
+    engine = ssh.docker()
+    ours = list_containers(engine, service_id=service_id, release_id=release_id)
+    for container in ours:
+        remove_container(engine, container.id)
+    return f"removed {len(ours)} container(s) of {release_id}"
+
+
+def _health_or_remove(health: _HealthClock, container_ids, previous, step_name) -> str:
     """All healthy, or all removed and RolloutFailed (the old ones never stopped)."""
     try:
-        outputs = [wait_healthy(ssh, engine, c, spec.health) for c in container_ids]
+        outputs = [health.wait(c) for c in container_ids]
     except HealthCheckFailed as exc:
         for container_id in container_ids:
-            remove_container(engine, container_id)
+            remove_container(health.engine, container_id)
         raise RolloutFailed(step_name, exc.reason, previous, health=exc) from exc
     return "healthy: " + "; ".join(outputs)
 
 
-def _switch(ssh, engine, spec, release_id, count, previous, report) -> str:
+def _switch(health: _HealthClock, release_id, count, previous, report) -> str:
+    engine, spec = health.engine, health.spec
     switched: list[tuple[str, list[str]]] = []
     for replica in range(count):
         new_id = create_container(engine, spec, release_id, role=ROLE_SERVING, replica=replica)
@@ -225,7 +266,7 @@ def _switch(ssh, engine, spec, release_id, count, previous, report) -> str:
         gap = time.monotonic() - started
         report.switch_seconds = max(report.switch_seconds or 0.0, gap)
         try:
-            wait_healthy(ssh, engine, new_id, spec.health)
+            health.wait(new_id)
         except HealthCheckFailed as exc:
             _roll_back(engine, switched)
             raise RolloutFailed("switch", exc.reason, previous, health=exc) from exc

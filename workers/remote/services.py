@@ -9,7 +9,9 @@ published, and the manager never opens a connection to a container address
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -36,7 +38,11 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _HTTP_PATH = re.compile(r"^/[\x21-\x7e]*$")  # printable, no spaces or CR/LF
+_MIN_PROBE_SECONDS = 0.1  # a probe given less could not even start bash
 _MIN_MEMORY = 6 * 1024 * 1024  # dockerd refuses less
+# What one health check may ask for: (lowest, highest) per timing.  A rollout
+# also bounds its whole wait (``deadline``), so these only keep specs sane.
+HEALTH_LIMITS = {"interval": (0.1, 30), "timeout": (0.1, 30), "retries": (1, 100)}
 
 # Run inside the container's network namespace; arguments arrive as $1.. so
 # nothing is interpolated.  Exit 0 healthy, 1 bad answer, 2 refused.
@@ -152,10 +158,9 @@ def _validate_health(health: HealthCheck) -> None:
         raise InvalidSpec("health.port", f"{health.port!r} is not a TCP port")
     if health.http_path is not None and health.port is None:
         raise InvalidSpec("health.port", "an HTTP check needs the container port")
-    if not 0 < health.timeout <= 60 or not 0 < health.interval <= 60:
-        raise InvalidSpec("health.timeout", "interval and timeout between 0 and 60 s")
-    if not 1 <= health.retries <= 1000:
-        raise InvalidSpec("health.retries", "between 1 and 1000")
+    for timing, (low, high) in HEALTH_LIMITS.items():
+        if not low <= getattr(health, timing) <= high:
+            raise InvalidSpec(f"health.{timing}", f"between {low:g} and {high:g}")
 
 
 def validate_release_id(release_id: str) -> None:
@@ -369,13 +374,19 @@ def probe_once(
 
 
 def wait_healthy(
-    ssh: SSHConnection, engine: docker.DockerClient, container_id: str, health: HealthCheck | None
+    ssh: SSHConnection,
+    engine: docker.DockerClient,
+    container_id: str,
+    health: HealthCheck | None,
+    deadline: float | None = None,
 ) -> str:
     """Probe until healthy; returns the last probe output.
 
     Raises HealthCheckFailed with the last output and the container's log
-    tail after ``health.retries`` failures, or at once when it stopped.
-    Without a health check the container only has to be running.
+    tail after ``health.retries`` failures, at once when it stopped, or when
+    ``deadline`` (a ``time.monotonic()`` value) comes first: no probe or
+    pause runs past it.  Without a health check the container only has to
+    be running.
     """
     if health is None:
         state = engine.api.inspect_container(container_id)["State"]
@@ -385,15 +396,27 @@ def wait_healthy(
         raise HealthCheckFailed(
             container_id[:12], output, output, container_logs(engine, container_id)
         )
-    output = ""
+    output, out_of_time = "", False
     for attempt in range(health.retries):
         if attempt:
-            time.sleep(health.interval)
-        healthy, output = probe_once(ssh, engine, container_id, health)
+            time.sleep(_pause(health.interval, deadline))
+        left = math.inf if deadline is None else deadline - time.monotonic()
+        if left < _MIN_PROBE_SECONDS:
+            out_of_time = True
+            break
+        probe = dataclasses.replace(health, timeout=min(health.timeout, left))
+        healthy, output = probe_once(ssh, engine, container_id, probe)
         if healthy:
             return output
         if output.startswith("container not running"):
             break
+    reason = ("out of time: " if out_of_time else "") + (output or "no output")
     raise HealthCheckFailed(
-        container_id[:12], output or "no output", output, container_logs(engine, container_id)
+        container_id[:12], reason, output, container_logs(engine, container_id), out_of_time
     )
+
+
+def _pause(interval: float, deadline: float | None) -> float:
+    if deadline is None:
+        return interval
+    return max(0.0, min(interval, deadline - time.monotonic()))

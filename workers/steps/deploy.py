@@ -3,36 +3,47 @@
 The per-VM job reads like Kamal's deploy: resolve the image to its digest,
 publish the service's ports, roll out (ship image, start, health-check,
 switch, stop old, prune: each logged), then record the containers.
+
+A deployment over several VMs is all or nothing: when one VM's rollout fails,
+the VMs where the new release already serves go back to the previous one
+(a ``deploy_revert`` job), and each VM's typed outcome is recorded in a
+DeploymentTarget, from which the deployment's outcome follows.
 """
 
 import logging
 from functools import cache
 
 import docker
+from django.conf import settings
 from django.db import transaction
 
 from cloud.models import (
     Container,
     Deployment,
     DeploymentState,
+    DeploymentTarget,
+    Environment,
     Job,
     JobState,
-    PortForward,
     Release,
     Secret,
 )
-from workers.hypervisor import find_free_loopback_ports
+from workers import jobs
 from workers.jobs import Plan, Step, StepContext, UserError, register
 from workers.remote import (
     HealthCheck,
     InvalidSpec,
     RolloutFailed,
+    RolloutReport,
     ServiceSpec,
     list_containers,
     roll_out,
 )
 from workers.remote.references import parse_reference
-from workers.steps.vm import connect, domain_spec, hypervisor, vm_of
+from workers.remote.rollout import withdraw
+from workers.steps.vm import connect, domain_spec, forward_port, hypervisor, vm_of
+
+Outcome = DeploymentTarget.Outcome
 
 
 @cache
@@ -129,32 +140,40 @@ def resolve_image(ctx: StepContext) -> None:
 def publish_ports(ctx: StepContext) -> None:
     """Forward a loopback port on the host to each published port of the VM."""
     vm, release = vm_of(ctx), deployment_of(ctx).release
-    for port in release.spec["ports"]:
-        forward = PortForward.objects.filter(vm=vm, guest_port=port).first()
-        if forward is None:
-            taken = PortForward.objects.filter(host=vm.host).values_list("host_port", flat=True)
-            host_port = find_free_loopback_ports(1, exclude=set(taken))[0]
-            forward = PortForward.objects.create(
-                host=vm.host, host_port=host_port, vm=vm, guest_port=port
-            )
-        ctx.log(f"127.0.0.1:{forward.host_port} -> {vm.name}:{port}")
+    forwards = [forward_port(vm, port) for port in release.spec["ports"]]
+    for forward in forwards:
+        ctx.log(f"127.0.0.1:{forward.host_port} -> {vm.name}:{forward.guest_port}")
+    if not forwards:
+        return  # nothing to add to the domain: the hypervisor is left alone
     with hypervisor(vm) as hv:
         # Kept in the definition for the next start, added to the running QEMU now.
         hv.define(domain_spec(vm, hv))
-        for forward in PortForward.objects.filter(vm=vm, guest_port__in=release.spec["ports"]):
+        for forward in forwards:
             hv.add_live_port_forward(str(vm.uuid), forward.host_port, forward.guest_port)
 
 
-def roll_out_release(ctx: StepContext) -> None:
-    vm, deployment = vm_of(ctx), deployment_of(ctx)
-    release = Release.objects.select_related("service").get(pk=deployment.release_id)
+def set_outcome(ctx: StepContext, outcome: str, detail: str = "") -> None:
+    DeploymentTarget.objects.update_or_create(
+        deployment_id=ctx.job.params["deployment"],
+        vm_id=ctx.job.vm_id,
+        defaults={"outcome": outcome, "detail": detail},
+    )
+
+
+def run_rollout(ctx: StepContext, vm, release: Release, replicas: int) -> RolloutReport:
+    """Roll ``release`` out on ``vm``, every step in the job's log; RolloutFailed
+    (after the rollout's own rollback on this VM) is logged and raised."""
     secrets = secret_values(release)
     ctx.secrets.update(secrets.values())  # masked in the job's log and error
-    spec = service_spec(release, vm, ctx.job.params["replicas"], secrets)
-    log = logging.getLogger(f"strata.deploy.{ctx.job.pk}")
+    spec = service_spec(release, vm, replicas, secrets)
     try:
         report = roll_out(
-            connect(vm), spec, release_id(release), local_engine=local_engine(), log=log
+            connect(vm),
+            spec,
+            release_id(release),
+            local_engine=local_engine(),
+            health_seconds=settings.STRATA_ROLLOUT_HEALTH_SECONDS,
+            log=logging.getLogger(f"strata.deploy.{ctx.job.pk}"),
         )
     except RolloutFailed as exc:
         detail = exc.health.last_output if exc.health else ""
@@ -163,11 +182,26 @@ def roll_out_release(ctx: StepContext) -> None:
             f"rolled back at {exc.step}: {exc.reason}\nlast health output: {detail}\n"
             f"container logs:\n{logs}"
         )
-        raise UserError(f"rolled back: {exc.reason}; serving {exc.serving_release}") from exc
+        raise
     for step in report.steps:
         ctx.log(f"{step.name}: {step.detail} ({step.seconds:.2f} s)")
     if report.switch_seconds is not None:
         ctx.log(f"port switch took {report.switch_seconds:.3f} s")
+    return report
+
+
+def roll_out_release(ctx: StepContext) -> None:
+    vm, deployment = vm_of(ctx), deployment_of(ctx)
+    release = Release.objects.select_related("service").get(pk=deployment.release_id)
+    try:
+        report = run_rollout(ctx, vm, release, ctx.job.params["replicas"])
+    except RolloutFailed as exc:
+        serving = exc.serving_release or "nothing"
+        set_outcome(ctx, Outcome.ROLLED_BACK, f"rolled back at {exc.step}: {exc.reason}")
+        raise UserError(f"rolled back: {exc.reason}; serving {serving}") from exc
+    set_outcome(ctx, Outcome.SUCCEEDED, f"serving {release_id(release)}")
+    if report.previous_release:
+        ctx.log(f"{report.previous_release} served before")
 
 
 def record_containers(ctx: StepContext) -> None:
@@ -207,8 +241,8 @@ register(
 
 
 def finish_deployment(job: Job) -> None:
-    """The deployment's outcome is its jobs': succeeded (superseding the one
-    before), rolled back (a health check failed), or failed."""
+    """The deployment's outcome is its VMs': succeeded everywhere (superseding
+    the one before), or else every VM the new release reached goes back."""
     deployment = Deployment.objects.filter(pk=job.params["deployment"]).first()
     if deployment is None:
         return  # it went with its environment, destroyed before this job could start
@@ -220,10 +254,121 @@ def finish_deployment(job: Job) -> None:
         ).exclude(pk=deployment.pk).update(state=DeploymentState.SUPERSEDED)
         deployment.move_to(DeploymentState.SUCCEEDED)
         return
-    rolled_back = "rolled back" in job.error
-    deployment.move_to(
-        DeploymentState.ROLLED_BACK if rolled_back else DeploymentState.FAILED, reason=job.error
+    for child in job.children.exclude(state=JobState.SUCCEEDED).exclude(vm=None):
+        # A VM whose job ended without a rollout outcome: what it serves is not known.
+        target, _ = DeploymentTarget.objects.get_or_create(deployment=deployment, vm=child.vm)
+        if target.outcome == Outcome.PENDING:
+            target.outcome, target.detail = Outcome.FAILED, child.error or child.state
+            target.save(update_fields=["outcome", "detail", "updated_at"])
+    reached = list(deployment.targets.filter(outcome=Outcome.SUCCEEDED).select_related("vm"))
+    if reached:
+        revert = start_revert(job, deployment, reached)
+        note = f"; putting {len(reached)} VM(s) back (job {revert.pk})"
+        Job.objects.filter(pk=job.pk).update(error=job.error + note)
+        return
+    settle(deployment)
+
+
+def previous_deployment(deployment: Deployment) -> Deployment | None:
+    """The service's last successful deployment: what the environment goes back to."""
+    return (
+        Deployment.objects.filter(
+            release__service=deployment.release.service, state=DeploymentState.SUCCEEDED
+        )
+        .exclude(pk=deployment.pk)
+        .select_related("release")
+        .order_by("-created_at")
+        .first()
     )
 
 
+def start_revert(job: Job, deployment: Deployment, reached: list[DeploymentTarget]) -> Job:
+    """A job that puts the previous release back on ``reached``; it takes over the
+    environment's lock and the jobs waiting for ``job``, so nothing runs between."""
+    previous = previous_deployment(deployment)
+    shares = {}
+    if previous is not None:
+        shares = {
+            child.vm_id: child.params["replicas"]
+            for child in Job.objects.filter(kind="deploy_vm", params__deployment=previous.pk)
+        }
+    revert = jobs.create_job(
+        team=job.team,
+        kind="deploy_revert",
+        requested_by=job.requested_by,
+        environment_id=job.environment_id,
+        params={
+            "deployment": deployment.pk,
+            "release": previous.release_id if previous else None,
+        },
+    )
+    for target in reached:
+        jobs.create_job(
+            team=job.team,
+            kind="revert_vm",
+            requested_by=job.requested_by,
+            parent=revert,
+            environment_id=job.environment_id,
+            vm=target.vm,
+            queue=target.vm.host.queue,
+            params={"deployment": deployment.pk, "replicas": shares.get(target.vm_id, 0)},
+        )
+    Environment.objects.filter(lock_job=job).update(lock_job=revert)
+    Job.objects.filter(waits_for=job).update(waits_for=revert)
+    jobs.start(revert)
+    return revert
+
+
+def revert_release(ctx: StepContext) -> None:
+    """Put back on this VM what the environment served before the deployment."""
+    vm, deployment = vm_of(ctx), deployment_of(ctx)
+    previous_id = Job.objects.get(pk=ctx.job.parent_id).params["release"]
+    if previous_id is None:
+        service_id = str(deployment.release.service_id)
+        ctx.log(withdraw(connect(vm), service_id, release_id(deployment.release)))
+        return
+    previous = Release.objects.select_related("service").get(pk=previous_id)
+    try:
+        run_rollout(ctx, vm, previous, ctx.job.params["replicas"])
+    except RolloutFailed as exc:
+        raise UserError(f"could not go back to {release_id(previous)}: {exc.reason}") from exc
+
+
+def finish_revert(job: Job) -> None:
+    """Each VM put back is reverted, each other one revert_failed; then the deployment settles."""
+    deployment = Deployment.objects.filter(pk=job.params["deployment"]).first()
+    if deployment is None:
+        return
+    previous = Release.objects.filter(pk=job.params["release"]).first()
+    back_to = release_id(previous) if previous else "no release (it was the first)"
+    for child in job.children.all():
+        reverted = child.state == JobState.SUCCEEDED
+        DeploymentTarget.objects.filter(deployment=deployment, vm_id=child.vm_id).update(
+            outcome=Outcome.REVERTED if reverted else Outcome.REVERT_FAILED,
+            detail=f"back to {back_to}" if reverted else child.error or child.state,
+        )
+    settle(deployment)
+
+
+def settle(deployment: Deployment) -> None:
+    """Rolled back when every VM serves what it served before, else failed; the
+    reason says what each VM came to."""
+    targets = list(deployment.targets.select_related("vm").order_by("vm__name"))
+    unknown = {Outcome.FAILED, Outcome.REVERT_FAILED, Outcome.PENDING}
+    state = (
+        DeploymentState.FAILED
+        if any(t.outcome in unknown for t in targets)
+        else DeploymentState.ROLLED_BACK
+    )
+    reason = "; ".join(f"{t.vm.name}: {t.outcome}: {t.detail}" for t in targets)
+    deployment.move_to(state, reason=reason)
+
+
 register(Plan("deploy", (), on_finish=finish_deployment))
+register(
+    Plan(
+        "revert_vm",
+        (Step("go back", revert_release), Step("record containers", record_containers)),
+    )
+)
+register(Plan("deploy_revert", (), on_finish=finish_revert))

@@ -22,12 +22,13 @@ from workers.hypervisor import (
     SshKeyPair,
     UserNetwork,
     build_seed_iso,
-    find_free_loopback_ports,
     generate_ed25519_keypair,
 )
 from workers.hypervisor import (
     PortForward as Forward,
 )
+from workers.hypervisor.errors import HypervisorError
+from workers.hypervisor.ports import claim_loopback_port
 from workers.jobs import Plan, Step, StepContext, UserError, register
 from workers.keys import manager_keypair
 from workers.remote import (
@@ -81,6 +82,34 @@ def ssh_port(vm: VirtualMachine) -> int | None:
     return forward.host_port if forward else None
 
 
+def forward_port(vm: VirtualMachine, guest_port: int) -> PortForward:
+    """The VM's forward to ``guest_port``, given a free host port once; safe
+    when jobs on the same host allocate at the same time."""
+    existing = PortForward.objects.filter(vm=vm, guest_port=guest_port).first()
+    if existing is not None:
+        return existing
+
+    def claim(port: int) -> bool:
+        try:
+            with transaction.atomic():
+                PortForward.objects.create(
+                    host=vm.host, host_port=port, vm=vm, guest_port=guest_port
+                )
+        except IntegrityError:
+            # Another job took the port, or another run of this job made the forward.
+            return PortForward.objects.filter(vm=vm, guest_port=guest_port).exists()
+        return True
+
+    def taken() -> set[int]:
+        return set(PortForward.objects.filter(host=vm.host).values_list("host_port", flat=True))
+
+    try:
+        claim_loopback_port(claim, taken)
+    except HypervisorError as exc:
+        raise UserError(f"no free loopback port on {vm.host} for {vm.name}:{guest_port}") from exc
+    return PortForward.objects.get(vm=vm, guest_port=guest_port)
+
+
 def console_tail(hv: Hypervisor, vm: VirtualMachine) -> str:
     path = Path(hv.console_log_path(vm.domain_name))
     try:
@@ -99,16 +128,7 @@ def reserve(ctx: StepContext) -> None:
     if vm.state == VMState.SCHEDULED:
         vm.move_to(VMState.PROVISIONING)
     if ssh_port(vm) is None:
-        taken = PortForward.objects.filter(host=vm.host).values_list("host_port", flat=True)
-        for port in find_free_loopback_ports(5, exclude=set(taken)):
-            try:
-                with transaction.atomic():
-                    PortForward.objects.create(host=vm.host, host_port=port, vm=vm, guest_port=22)
-                break
-            except IntegrityError:
-                continue  # another job took it first
-        else:
-            raise UserError("no free loopback port for SSH on this host")
+        forward_port(vm, SSH_PORT)
     if not vm.host_key_public:
         pair = generate_ed25519_keypair(f"strata-{vm.uuid}")
         vm.host_key_public, vm.host_key_private = pair.public_openssh, pair.private_openssh
