@@ -3,6 +3,8 @@ take, and check the shape of names so every field's error shows at once; the
 services own the rules (uniqueness, quota, states) and their ValidationError
 is put back onto the form field it names."""
 
+import re
+
 from django import forms
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
@@ -22,6 +24,24 @@ def show_service_errors(form: forms.Form, error: ValidationError) -> None:
             form.add_error(target, message)
 
 
+ASCII_INTEGER = re.compile(r"-?[0-9]+")
+
+
+class WholeNumberField(forms.IntegerField):
+    """ASCII digits only: ``int()`` alone takes "٨٠" as 80, "1_0" as 10, "2.0" as 2."""
+
+    def to_python(self, value):
+        if value not in self.empty_values and not ASCII_INTEGER.fullmatch(str(value)):
+            raise ValidationError(self.error_messages["invalid"], code="invalid")
+        return super().to_python(value)
+
+
+def name_field(**kwargs) -> forms.CharField:
+    """A Strata name, checked exactly as typed (blanks around it are an error,
+    not trimmed away, like everywhere else names are taken)."""
+    return forms.CharField(max_length=40, strip=False, validators=[slug_name], **kwargs)
+
+
 class NameChoiceField(forms.ModelChoiceField):
     """A catalogue row picked by its name (the services take names)."""
 
@@ -34,13 +54,9 @@ class NameChoiceField(forms.ModelChoiceField):
 
 
 class CreateEnvironmentForm(forms.Form):
-    name = forms.CharField(
-        max_length=40,
-        validators=[slug_name],
-        help_text="Lowercase letters, digits and inner hyphens, e.g. shop-dev.",
-    )
+    name = name_field(help_text="Lowercase letters, digits and inner hyphens, e.g. shop-dev.")
     kind = forms.ChoiceField(choices=Environment.Kind.choices)
-    vm_count = forms.IntegerField(
+    vm_count = WholeNumberField(
         label="Number of VMs", min_value=1, max_value=MAX_VMS_PER_REQUEST, initial=1
     )
     flavor = NameChoiceField(Flavor.objects.all())
@@ -48,7 +64,9 @@ class CreateEnvironmentForm(forms.Form):
 
 
 class DestroyEnvironmentForm(forms.Form):
-    confirm_name = forms.CharField(label="Type the environment's name to confirm", max_length=40)
+    confirm_name = forms.CharField(
+        label="Type the environment's name to confirm", max_length=40, strip=False
+    )
 
     def __init__(self, *args, environment: Environment, **kwargs):
         super().__init__(*args, **kwargs)
@@ -62,7 +80,7 @@ class DestroyEnvironmentForm(forms.Form):
 
 
 class SnapshotForm(forms.Form):
-    snapshot = forms.CharField(label="Snapshot name", max_length=40, validators=[slug_name])
+    snapshot = name_field(label="Snapshot name")
 
 
 class ResizeForm(forms.Form):
@@ -78,19 +96,24 @@ VM_ACTION_FORMS = {
 }
 
 
+PORT_TEXT = re.compile(r"[0-9]{1,5}")
+
+
 def ports_from_text(text: str) -> list[int]:
     ports = []
     for part in text.replace(",", " ").split():
-        if not part.isdigit() or len(part) > 5:
+        if not PORT_TEXT.fullmatch(part):
             raise ValidationError(f"{part!r} is not a port number")
         ports.append(int(part))
     return ports
 
 
 class DeployForm(forms.Form):
-    service_name = forms.CharField(label="Service", max_length=40, validators=[slug_name])
-    image = forms.CharField(max_length=255, help_text="An image reference, e.g. nginx:1.27")
-    replicas = forms.IntegerField(min_value=0, max_value=100, initial=1)
+    service_name = name_field(label="Service")
+    image = forms.CharField(
+        max_length=255, strip=False, help_text="An image reference, e.g. nginx:1.27"
+    )
+    replicas = WholeNumberField(min_value=0, max_value=100, initial=1)
     ports = forms.CharField(
         required=False, max_length=200, help_text="Container ports to publish, e.g. 80 443"
     )
@@ -98,6 +121,7 @@ class DeployForm(forms.Form):
     healthcheck = forms.CharField(
         label="Health check",
         required=False,
+        strip=False,
         max_length=200,
         help_text="http:/path:PORT, tcp:PORT or cmd:ARG,ARG; empty: running is healthy",
     )
@@ -113,7 +137,7 @@ class DeployForm(forms.Form):
 
 
 class ScaleForm(forms.Form):
-    replicas = forms.IntegerField(min_value=0, max_value=100)
+    replicas = WholeNumberField(min_value=0, max_value=100)
 
 
 class PromoteForm(forms.Form):
@@ -136,8 +160,9 @@ class JobFilterForm(forms.Form):
 class TokenForm(forms.Form):
     name = forms.CharField(
         max_length=60,
+        strip=False,
         help_text="What it is for, e.g. “CI deploys”.",
         validators=[
-            RegexValidator(r"^[\w .,:()/-]{1,60}$", "Letters, digits, spaces and .,:()/- only.")
+            RegexValidator(r"\A[\w .,:()/-]{1,60}\Z", "Letters, digits, spaces and .,:()/- only.")
         ],
     )

@@ -8,7 +8,7 @@ from django.core.validators import RegexValidator
 from django.db import models
 
 slug_name = RegexValidator(
-    r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$",
+    r"\A[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?\Z",
     "Use 1-40 lowercase letters, digits and inner hyphens.",
 )
 

@@ -1,6 +1,10 @@
+import re
+
 from django.urls import reverse
 from rest_framework import serializers
+from rest_framework.utils import html
 
+from cloud.forms import VM_ACTION_FORMS
 from cloud.models import (
     Environment,
     Flavor,
@@ -11,7 +15,76 @@ from cloud.models import (
     Service,
     VirtualMachine,
 )
-from tenants.models import AuditEvent, Team
+from cloud.services.deployments import MAX_REPLICAS
+from cloud.services.environments import MAX_VMS_PER_REQUEST, VM_ACTIONS
+from tenants.models import AuditEvent, Team, slug_name
+
+ASCII_INTEGER = re.compile(r"-?[0-9]+")
+ASCII_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
+def given_value(field, dictionary):
+    """The field's value, where DRF would drop an empty one from a query string
+    or form (``?x=``) as if it were absent: empty is a value, to be judged."""
+    if html.is_html_input(dictionary) and dictionary.get(field.field_name) == "":
+        return ""
+    return serializers.Field.get_value(field, dictionary)
+
+
+class Text(serializers.CharField):
+    """A JSON string, taken exactly as sent: a number or a list is not coerced
+    to its text, and surrounding blanks are not trimmed away."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def get_value(self, dictionary):
+        return given_value(self, dictionary)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class Flag(serializers.BooleanField):
+    """A boolean; in a query string, ``?queue_if_busy=`` is refused, not taken as false."""
+
+    def get_value(self, dictionary):
+        return given_value(self, dictionary)
+
+
+class Name(Text):
+    """A Strata name (lowercase letters, digits, inner hyphens), checked here
+    so a malformed one is a 400 naming the field, never a lookup."""
+
+    def __init__(self, **kwargs):
+        super().__init__(max_length=40, validators=[slug_name], **kwargs)
+
+
+class WholeNumber(serializers.IntegerField):
+    """An integer: a JSON number without a fraction, or ASCII digits (query
+    strings).  ``int()`` alone would take "٨٠" as 80 and "1_0" as 10."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not (
+            isinstance(data, int) or (isinstance(data, str) and ASCII_INTEGER.fullmatch(data))
+        ):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class Decimal(serializers.FloatField):
+    """A finite number: JSON, or ASCII digits with an optional fraction."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not (
+            isinstance(data, int | float)
+            or (isinstance(data, str) and ASCII_DECIMAL.fullmatch(data))
+        ):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 def api_url(request, name, *args):
@@ -101,18 +174,37 @@ class EnvironmentSerializer(serializers.ModelSerializer):
 class EnvironmentCreateSerializer(serializers.Serializer):
     """Shapes only; the service validates values and names the field that is wrong."""
 
-    name = serializers.CharField(max_length=200)
-    kind = serializers.CharField(max_length=20)
-    vm_count = serializers.IntegerField(default=1, min_value=-(2**31), max_value=2**31)
-    flavor = serializers.CharField(max_length=200, default="small")
-    image = serializers.CharField(max_length=200, default="debian-12")
+    name = Name()
+    kind = Text(max_length=20)
+    vm_count = WholeNumber(default=1, min_value=1, max_value=MAX_VMS_PER_REQUEST)
+    flavor = Name(default="small")
+    image = Name(default="debian-12")
+
+
+class DestroyQuerySerializer(serializers.Serializer):
+    queue_if_busy = Flag(default=False)
 
 
 class VMActionSerializer(serializers.Serializer):
-    action = serializers.CharField(max_length=40)
-    snapshot = serializers.CharField(max_length=200, required=False)
-    flavor = serializers.CharField(max_length=200, required=False)
-    queue_if_busy = serializers.BooleanField(default=False)
+    action = Text(max_length=40)
+    snapshot = Name(required=False)
+    flavor = Name(required=False)
+    queue_if_busy = Flag(default=False)
+
+    def validate(self, attrs):
+        """A parameter the action does not take is refused, not ignored."""
+        if attrs["action"] not in VM_ACTIONS:
+            raise serializers.ValidationError(
+                {"action": [f"must be one of {', '.join(VM_ACTIONS)}"]}
+            )
+        form = VM_ACTION_FORMS.get(attrs["action"])
+        taken = set(form.base_fields) if form else set()
+        unused = {"snapshot", "flavor"} & set(attrs) - taken
+        if unused:
+            raise serializers.ValidationError(
+                {name: [f"{attrs['action']} takes no {name}"] for name in sorted(unused)}
+            )
+        return attrs
 
 
 class JobStepSerializer(serializers.ModelSerializer):
@@ -174,38 +266,40 @@ class AuditEventSerializer(serializers.ModelSerializer):
 
 
 class DeploySerializer(serializers.Serializer):
-    """Shapes only: deployments.validate_spec checks the values, naming the field."""
+    """Shapes and ranges (so the schema documents them); deployments.validate_spec
+    checks the values, naming the field.  No spec field has a default here: one
+    the request leaves out keeps the service's current value."""
 
-    service_name = serializers.CharField(max_length=200)
-    image = serializers.CharField(max_length=300)
-    replicas = serializers.IntegerField(default=1, min_value=-(2**31), max_value=2**31)
-    command = serializers.JSONField(default=list)
-    env = serializers.JSONField(default=dict)
-    secret_env = serializers.JSONField(default=dict)
-    volumes = serializers.JSONField(default=list)
-    ports = serializers.JSONField(default=list)
-    cpu_limit = serializers.FloatField(default=1.0)
-    memory_limit_mb = serializers.IntegerField(default=256, min_value=-(2**31), max_value=2**31)
-    restart_policy = serializers.CharField(default="unless-stopped", max_length=40)
-    healthcheck = serializers.JSONField(default=dict)
-    queue_if_busy = serializers.BooleanField(default=False)
+    service_name = Name()
+    image = Text(max_length=300)
+    replicas = WholeNumber(required=False, min_value=0, max_value=MAX_REPLICAS)
+    command = serializers.JSONField(required=False)
+    env = serializers.JSONField(required=False)
+    secret_env = serializers.JSONField(required=False)
+    volumes = serializers.JSONField(required=False)
+    ports = serializers.JSONField(required=False)
+    cpu_limit = Decimal(required=False, min_value=0.01, max_value=64)
+    memory_limit_mb = WholeNumber(required=False, min_value=6, max_value=65536)
+    restart_policy = Text(required=False, max_length=40)
+    healthcheck = serializers.JSONField(required=False)
+    queue_if_busy = Flag(default=False)
 
 
 class PromoteSerializer(serializers.Serializer):
-    service_name = serializers.CharField(max_length=200)
-    target_env = serializers.CharField(max_length=200, required=False)
-    queue_if_busy = serializers.BooleanField(default=False)
+    service_name = Name()
+    target_env = Name(required=False)
+    queue_if_busy = Flag(default=False)
 
 
 class ScaleSerializer(serializers.Serializer):
-    service_name = serializers.CharField(max_length=200)
-    replicas = serializers.IntegerField(min_value=-(2**31), max_value=2**31)
-    queue_if_busy = serializers.BooleanField(default=False)
+    service_name = Name()
+    replicas = WholeNumber(min_value=0, max_value=MAX_REPLICAS)
+    queue_if_busy = Flag(default=False)
 
 
 class RollbackSerializer(serializers.Serializer):
-    service_name = serializers.CharField(max_length=200)
-    queue_if_busy = serializers.BooleanField(default=False)
+    service_name = Name()
+    queue_if_busy = Flag(default=False)
 
 
 class ContainerSerializer(serializers.Serializer):
@@ -258,8 +352,8 @@ class ServiceSerializer(serializers.ModelSerializer):
 
 
 class LogsQuerySerializer(serializers.Serializer):
-    tail = serializers.IntegerField(default=100, min_value=-(2**31), max_value=2**31)
-    since = serializers.FloatField(required=False)
+    tail = WholeNumber(default=100, min_value=-(2**31), max_value=2**31)
+    since = Decimal(required=False)
 
 
 class LogsSerializer(serializers.Serializer):
@@ -285,10 +379,10 @@ class SecretSerializer(serializers.ModelSerializer):
 class SecretScopeSerializer(serializers.Serializer):
     """Where a secret lives: an environment kind, or one environment (by name)."""
 
-    scope = serializers.CharField(max_length=20, required=False)
-    environment = serializers.CharField(max_length=200, required=False)
+    scope = Text(max_length=20, required=False)
+    environment = Name(required=False)
 
 
 class SecretWriteSerializer(SecretScopeSerializer):
-    name = serializers.CharField(max_length=200)
-    value = serializers.CharField(max_length=200_000, trim_whitespace=False)
+    name = Name()
+    value = Text(max_length=200_000)

@@ -2,7 +2,6 @@
 change goes through a service, which checks the role and validates."""
 
 from django.db.models import Count, Prefetch
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
@@ -24,7 +23,8 @@ from cloud.models import (
     VirtualMachine,
 )
 from cloud.services import containers, deployments, environments, jobs, secrets
-from cloud.services.access import require_read, require_role
+from cloud.services.access import require_role
+from cloud.services.errors import NotFound
 from tenants.models import AuditEvent, Membership, Role, Team
 
 from . import filters, serializers
@@ -62,9 +62,16 @@ class TeamScopedMixin:
 
     def get_team(self) -> Team:
         if not hasattr(self, "_team"):
-            team = get_object_or_404(Team, name=self.kwargs["team"])
-            require_read(self.request.user, team)
-            self._team = team
+            # One lookup for both cases: a team that does not exist and one the
+            # caller is not in answer alike, so names cannot be enumerated.
+            member = (
+                Membership.objects.filter(user=self.request.user, team__name=self.kwargs["team"])
+                .select_related("team")
+                .first()
+            )
+            if member is None:
+                raise NotFound("no such team")
+            self._team = member.team
         return self._team
 
 
@@ -125,11 +132,14 @@ class EnvironmentViewSet(
         )
         return job_accepted(request, job)
 
-    @extend_schema(responses={202: serializers.JobSerializer})
+    @extend_schema(
+        parameters=[serializers.DestroyQuerySerializer], responses={202: serializers.JobSerializer}
+    )
     def destroy(self, request, team, pk):
-        queue = request.query_params.get("queue_if_busy") in {"1", "true"}
+        query = serializers.DestroyQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
         job = environments.destroy_environment(
-            user=request.user, team=self.get_team(), env_id=pk, queue_if_busy=queue
+            user=request.user, team=self.get_team(), env_id=pk, **query.validated_data
         )
         return job_accepted(request, job)
 

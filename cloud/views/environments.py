@@ -1,6 +1,7 @@
 """Environments: create, look at, destroy; deploy, promote, scale and roll back
 their services."""
 
+from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
@@ -14,7 +15,7 @@ from cloud.forms import (
     ScaleForm,
     show_service_errors,
 )
-from cloud.models import Flavor, Image
+from cloud.models import Flavor, Image, Service
 from cloud.services import deployments
 from cloud.services.access import require_act
 from cloud.services.environments import (
@@ -138,6 +139,8 @@ def service_action(request, team, env_id, service_name, action):
     """Scale, promote or roll back one service of the environment."""
     env = get_environment(request.user, team, env_id)
     require_act(request.user, team, env.kind)
+    if not Service.objects.filter(environment=env, name=service_name).exists():
+        raise Http404("no such service")  # named by the URL, not by a form field
     names = {"service_name": service_name, "env_id": env.pk, "user": request.user, "team": team}
     if action == "scale":
         form = ScaleForm(request.POST)

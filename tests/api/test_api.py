@@ -2,7 +2,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from cloud.models import Environment, Job, VirtualMachine
+from cloud.models import Environment, Flavor, Image, Job, VirtualMachine, VMState
 from tenants.models import ApiToken, AuditEvent
 
 pytestmark = pytest.mark.django_db
@@ -153,3 +153,67 @@ def test_schema_and_docs_are_served(make_team, api_as):
     assert "/api/v1/teams/{team}/environments/" in schema.json()["paths"]
     docs = client.get("/api/docs/")
     assert docs.status_code == 200 and b"swagger" in docs.content.lower()
+
+
+def test_a_team_that_does_not_exist_reads_like_one_you_are_not_in(make_team, catalogue, api_as):
+    """Finding 13: team names cannot be enumerated: a missing team and another
+    team answer with the same status and the same body, for reads and writes."""
+    make_team("alpha")
+    _, outsider = make_team("beta")
+    client = api_as(outsider)
+    for method, path, body in [
+        ("get", "environments/", None),
+        ("get", "environments/1/", None),
+        ("post", "environments/", CREATE),
+        ("post", "environments/1/deploy/", {"service_name": "web", "image": "x:1"}),
+        ("delete", "environments/1/", None),
+        ("get", "jobs/", None),
+        ("get", "audit/", None),
+        ("post", "secrets/", {"name": "token", "value": "v"}),
+    ]:
+        answers = [
+            getattr(client, method)(f"/api/v1/teams/{team}/{path}", body, format="json")
+            for team in ("alpha", "no-such-team")
+        ]
+        existing, missing = ((a.status_code, a.content) for a in answers)
+        assert existing == missing, (method, path, existing, missing)
+        assert existing[0] == 404
+    assert not Environment.objects.exists() and not Job.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("ports", [22]),
+        ("ports", [8080, 22]),
+        ("volumes", ["data:/"]),
+        ("volumes", ["data:/x\n"]),
+        ("volumes", ["data:/proc/self"]),
+        ("volumes", ["data:/srv/../etc"]),
+        ("env", {"FOO\n": "x"}),
+        ("secret_env", {"TOKEN\n": "token"}),
+        ("healthcheck", {"type": "http", "path": "/\n", "port": 8080}),
+        ("healthcheck", {"type": "tcp", "port": 8080, "shell": "id"}),
+        ("service_name", "web\n"),
+    ],
+)
+def test_deploy_refuses_trailing_newlines_root_volumes_and_the_ssh_port(
+    make_team, catalogue, api_as, field, value
+):
+    """Finding 12: "$" let a trailing newline through (env key, volume, health
+    path, names); a volume may not mount at / and port 22 may not be published."""
+    team, user = make_team("alpha")
+    env = Environment.objects.create(team=team, name="web", kind="dev")
+    VirtualMachine.objects.create(
+        environment=env,
+        name="vm1",
+        host=catalogue,
+        flavor=Flavor.objects.get(name="small"),
+        image=Image.objects.get(name="debian-12"),
+        state=VMState.RUNNING,
+    )
+    body = {"service_name": "web", "image": "alpha/web:1", field: value}
+    response = api_as(user).post(f"{envs_url(team)}{env.pk}/deploy/", body, format="json")
+    assert response.status_code == 400, response.content
+    assert field in response.json()
+    assert not Job.objects.exists() and not env.services.exists()

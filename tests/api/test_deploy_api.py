@@ -66,4 +66,4 @@ def test_scale_promote_rollback_without_a_release_are_400(dev):
         response = client.post(url + action + "/", body, format="json")
         assert response.status_code == 400, (action, response.content)
     unknown = client.post(url + "rollback/", {"service_name": "nope"}, format="json")
-    assert unknown.status_code == 404
+    assert unknown.status_code == 400 and "service_name" in unknown.json()

@@ -1,9 +1,12 @@
 """Forms: what they create, and that bad input is named next to its field and
 changes nothing."""
 
+import re
+
 import pytest
 from django.urls import reverse
 
+from cloud.forms import CreateEnvironmentForm, DeployForm, SnapshotForm, TokenForm
 from cloud.models import Environment, Job, JobState, VirtualMachine, VMState
 from tenants.models import AuditEvent, Quota
 
@@ -258,3 +261,73 @@ def test_promote_to_an_unoffered_target_is_a_field_error(world, client_as, stagi
     response = client.post(url, {"target_env": target})
     assert response.status_code == 400 and b'id="id_target_env_error"' in response.content
     assert not Job.objects.filter(kind="deploy").exists()
+
+
+def without_csrf(content: bytes) -> bytes:
+    """The page without its CSRF tokens, which differ on every render."""
+    return re.sub(rb'(name="csrfmiddlewaretoken" value=|csrf-token" content=)"[^"]*"', b"", content)
+
+
+def test_a_team_that_does_not_exist_reads_like_one_you_are_not_in(world, client_as):
+    """Finding 13: in the portal too, a missing team and another team's pages
+    answer with the same status and the same page, for reads and writes."""
+    client = client_as(world["outsider"])
+    for method, path, body in [
+        ("get", "", None),
+        ("get", "environments/new/", None),
+        ("post", "environments/new/", VALID_ENV),
+        ("get", f"environments/{world['env'].pk}/", None),
+        ("post", f"environments/{world['env'].pk}/deploy/", {"service_name": "web"}),
+        ("get", "jobs/", None),
+        ("get", "audit/", None),
+    ]:
+        answers = [
+            getattr(client, method)(f"/t/{team}/{path}", body or {})
+            for team in ("alpha", "no-such-team")
+        ]
+        existing, missing = ((a.status_code, without_csrf(a.content)) for a in answers)
+        assert existing == missing, (method, path)
+        assert existing[0] == 404
+    assert not Environment.objects.filter(name="blog").exists()
+
+
+@pytest.mark.parametrize(
+    "form_class, field, value",
+    [
+        (CreateEnvironmentForm, "name", "blog\n"),
+        (CreateEnvironmentForm, "vm_count", "٢"),  # an Arabic-Indic 2: int() takes it
+        (DeployForm, "service_name", "web\n"),
+        (DeployForm, "replicas", "٢"),
+        (DeployForm, "ports", "٨٠"),
+        (DeployForm, "healthcheck", "http:/\n:80"),
+        (DeployForm, "healthcheck", "tcp:80\n"),
+        (DeployForm, "healthcheck", "tcp:99999"),
+        (DeployForm, "healthcheck", "cmd:a,,b"),
+        (SnapshotForm, "snapshot", "before\n"),
+        (TokenForm, "name", "ci\n"),
+    ],
+)
+def test_forms_match_the_whole_value(world, form_class, field, value):
+    """Finding 12: a form's checks match the whole value as typed: no trailing
+    newline, no digits of other scripts, no port out of range."""
+    valid = {
+        CreateEnvironmentForm: VALID_ENV,
+        DeployForm: {"service_name": "web", "image": "alpha/web:1", "replicas": "1"},
+        SnapshotForm: {"snapshot": "before"},
+        TokenForm: {"name": "ci"},
+    }[form_class]
+    assert form_class(valid).is_valid(), form_class(valid).errors
+    form = form_class({**valid, field: value})
+    assert not form.is_valid() and field in form.errors, form.errors
+
+
+def test_names_and_checksums_are_matched_whole():
+    """Finding 12: the model validators refuse a name or a sha256 with a trailing newline."""
+    from django.core.exceptions import ValidationError
+
+    from cloud.models import sha256_hex
+    from tenants.models import slug_name
+
+    for validator, value in [(slug_name, "web\n"), (sha256_hex, "a" * 64 + "\n")]:
+        with pytest.raises(ValidationError):
+            validator(value)

@@ -15,7 +15,7 @@ from cloud.models import (
     VirtualMachine,
 )
 from cloud.services import deployments
-from cloud.services.errors import Forbidden, NotFound, ValidationError
+from cloud.services.errors import Forbidden, ValidationError
 from tenants.models import Membership
 
 pytestmark = pytest.mark.django_db
@@ -173,7 +173,7 @@ def test_scale_reuses_the_current_release(envs):
         deployments.scale(
             user=user, team=team, env_id=env["dev"].pk, service_name="web", replicas=-2
         )
-    with pytest.raises(NotFound):
+    with pytest.raises(ValidationError, match="no service named"):
         deployments.scale(
             user=user, team=team, env_id=env["dev"].pk, service_name="nope", replicas=1
         )
@@ -181,7 +181,7 @@ def test_scale_reuses_the_current_release(envs):
 
 def test_rollback_deploys_the_release_before_the_current_one(envs):
     team, user, env = envs
-    with pytest.raises(NotFound):
+    with pytest.raises(ValidationError, match="no service named"):
         deployments.rollback(user=user, team=team, env_id=env["dev"].pk, service_name="web")
     succeed(deploy(team, user, env["dev"], image="alpha/web:1"))
     succeed(deploy(team, user, env["dev"], image="alpha/web:2"))
