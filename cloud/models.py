@@ -25,7 +25,7 @@ from cloud.states import (
 from tenants.models import Team, TeamScopedQuerySet, scoped_queryset, slug_name
 
 port_number = [MinValueValidator(1), MaxValueValidator(65535)]
-sha256_hex = RegexValidator(r"^[0-9a-f]{64}$", "A sha256 is 64 lowercase hex digits.")
+sha256_hex = RegexValidator(r"\A[0-9a-f]{64}\Z", "A sha256 is 64 lowercase hex digits.")
 
 
 class StatefulModel(models.Model):

@@ -8,6 +8,7 @@ kind; rollback deploys the release before the current one.
 """
 
 import fnmatch
+import posixpath
 import re
 
 from django.conf import settings
@@ -33,16 +34,43 @@ from workers.remote.services import HEALTH_LIMITS
 
 from .access import require_act
 from .environments import _take_lock, get_environment
-from .errors import NotFound, ValidationError
+from .errors import ValidationError
 from .secrets import require_resolvable
 
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 NEXT_KIND = {"dev": "staging", "staging": "prod"}
+# The service fields a deploy may name; those it does not name are kept.
+SPEC_FIELDS = (
+    "image",
+    "command",
+    "env",
+    "secret_env",
+    "ports",
+    "volumes",
+    "cpu_limit",
+    "memory_limit_mb",
+    "restart_policy",
+    "healthcheck",
+)
 MAX_PORTS = 10
 MAX_VOLUMES = 10
-# A named volume (never a host path) mounted at an absolute path without "..".
-VOLUME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}:(?!.*/\.\.(?:/|$))/[A-Za-z0-9_./-]{0,200}$")
+MAX_REPLICAS = 100
+MAX_ENTRIES = 100  # env variables, command arguments
+MAX_TEXT = 32 * 1024  # one env value or argument
+# A named volume (never a host path) and where it is mounted in the container.
+VOLUME = re.compile(r"(?P<name>[a-z0-9][a-z0-9_.-]{0,62}):(?P<path>/[A-Za-z0-9_./-]{0,200})")
+# A volume over these would hide the kernel's files from the container.
+KERNEL_MOUNTS = ("/proc", "/sys", "/dev")
+# Published on the guest itself, where its sshd and Strata's forward to it listen.
+SSH_PORT = 22
+HEALTH_PATH = re.compile(r"/[\x21-\x7e]{0,200}")
 HEALTH_KINDS = ("http", "tcp", "command")
+HEALTH_KEYS = {
+    "http": {"type", "path", "port"},
+    "tcp": {"type", "port"},
+    "command": {"type", "command"},
+}
+HEALTH_TIMINGS = tuple((key, low, high) for key, (low, high) in HEALTH_LIMITS.items())
 
 
 def _port(value) -> bool:
@@ -51,6 +79,81 @@ def _port(value) -> bool:
 
 def _number(value, low, high) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
+
+
+def _text(value) -> bool:
+    """A string PostgreSQL and a container's environment can hold as sent:
+    no NUL, no lone surrogate, not huge."""
+    if not isinstance(value, str) or "\0" in value or len(value) > MAX_TEXT:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _texts(values) -> bool:
+    return isinstance(values, list) and len(values) <= MAX_ENTRIES and all(map(_text, values))
+
+
+def _names_map(mapping, value_ok) -> bool:
+    """A dict of environment variable NAMES to values ``value_ok`` accepts."""
+    return (
+        isinstance(mapping, dict)
+        and len(mapping) <= MAX_ENTRIES
+        and all(
+            isinstance(k, str) and ENV_NAME.fullmatch(k) and value_ok(v) for k, v in mapping.items()
+        )
+    )
+
+
+def _is_name(value) -> bool:
+    try:
+        slug_name(value if isinstance(value, str) else "")
+    except ValidationError:
+        return False
+    return True
+
+
+def _volume(value) -> bool:
+    """NAME:/path with the path normalised (no "..", ".", "//" or trailing "/"),
+    not the container's root and not among the kernel's files."""
+    match = VOLUME.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        return False
+    path = match["path"]
+    return (
+        posixpath.normpath(path) == path
+        and "//" not in path
+        and path != "/"
+        and not any(path == top or path.startswith(top + "/") for top in KERNEL_MOUNTS)
+    )
+
+
+def _health_errors(health: dict) -> list[str]:
+    """What is wrong with a healthcheck dict whose type is known."""
+    kind = health["type"]
+    problems = []
+    unknown = set(health) - HEALTH_KEYS[kind] - {key for key, _, _ in HEALTH_TIMINGS}
+    if unknown:
+        problems.append(f"{kind} checks take no {', '.join(sorted(map(str, unknown)))}")
+    if kind in ("http", "tcp") and not _port(health.get("port")):
+        problems.append("port must be a TCP port")
+    if kind == "http" and not (
+        isinstance(health.get("path"), str) and HEALTH_PATH.fullmatch(health["path"])
+    ):
+        problems.append("path must start with / and hold no spaces")
+    if kind == "command" and not (_texts(health.get("command")) and health["command"]):
+        problems.append("command must be a non-empty list of strings")
+    for key, low, high in HEALTH_TIMINGS:
+        whole = key != "retries" or isinstance(health.get(key), int)
+        if key in health and not (whole and _number(health[key], low, high)):
+            problems.append(
+                f"{key} must be {'a whole number ' if key == 'retries' else ''}"
+                f"from {low:g} to {high:g}"
+            )
+    return problems
 
 
 def allowed_image(text, team) -> ImageReference:
@@ -80,35 +183,33 @@ def validate_spec(spec: dict, team) -> dict:
     except InvalidSpec as exc:
         bad("image", str(exc).removeprefix("image: "))
     command = spec.get("command", [])
-    if not isinstance(command, list) or not all(
-        isinstance(a, str) and "\0" not in a for a in command
-    ):
-        bad("command", "must be a list of strings")
+    if not _texts(command):
+        bad("command", f"must be a list of at most {MAX_ENTRIES} strings (no NUL)")
     secret_env = spec.get("secret_env", {})
-    if not isinstance(secret_env, dict) or not all(
-        isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str)
-        for k, v in secret_env.items()
-    ):
+    if not _names_map(secret_env, _is_name):
         # Whether the names resolve depends on the target's scope: _roll_out checks.
         bad("secret_env", "must map NAMES to the names of the team's secrets")
     env = spec.get("env", {})
-    if not isinstance(env, dict) or not all(
-        isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, str) and "\0" not in v
-        for k, v in env.items()
-    ):
-        bad("env", "must map NAMES (letters, digits, _) to string values")
+    if not _names_map(env, _text):
+        bad("env", f"must map at most {MAX_ENTRIES} NAMES (letters, digits, _) to string values")
     ports = spec.get("ports", [])
     if not isinstance(ports, list) or len(ports) > MAX_PORTS or not all(_port(p) for p in ports):
         bad("ports", f"must be a list of at most {MAX_PORTS} TCP ports (1-65535)")
+    elif SSH_PORT in ports:
+        bad("ports", f"port {SSH_PORT} is the VM's SSH port and cannot be published")
     elif len(set(ports)) != len(ports):
         bad("ports", "must not repeat a port")
     volumes = spec.get("volumes", [])
     if (
         not isinstance(volumes, list)
         or len(volumes) > MAX_VOLUMES
-        or not all(isinstance(v, str) and VOLUME.match(v) for v in volumes)
+        or not all(_volume(v) for v in volumes)
     ):
-        bad("volumes", "must be a list of NAME:/absolute/path (named volumes only, no host paths)")
+        bad(
+            "volumes",
+            "must be a list of NAME:/absolute/path (named volumes only, no host paths,"
+            " not at / or under /proc, /sys, /dev)",
+        )
     elif len({v.split(":", 1)[0] for v in volumes}) != len(volumes):
         bad("volumes", "must not repeat a volume name")
     if not _number(spec.get("cpu_limit", 1.0), 0.01, 64):
@@ -120,30 +221,14 @@ def validate_spec(spec: dict, team) -> dict:
         bad("memory_limit_mb", "must be a whole number of MiB from 6 to 65536")
     if spec.get("restart_policy", "unless-stopped") not in Service.RestartPolicy.values:
         bad("restart_policy", f"must be one of {', '.join(Service.RestartPolicy.values)}")
-    health = spec.get("healthcheck") or {}
-    if not isinstance(health, dict) or (health and health.get("type") not in HEALTH_KINDS):
+    health = spec.get("healthcheck", {})
+    if not isinstance(health, dict):
+        bad("healthcheck", "must be an object ({} for none)")
+    elif health and health.get("type") not in HEALTH_KINDS:
         bad("healthcheck", f"type must be one of {', '.join(HEALTH_KINDS)}")
     elif health:
-        if health["type"] in ("http", "tcp") and not _port(health.get("port")):
-            bad("healthcheck", "port must be a TCP port")
-        if health["type"] == "http" and not re.match(
-            r"^/[\x21-\x7e]{0,200}$", str(health.get("path", ""))
-        ):
-            bad("healthcheck", "path must start with / and hold no spaces")
-        if health["type"] == "command" and not (
-            isinstance(health.get("command"), list)
-            and health["command"]
-            and all(isinstance(a, str) for a in health["command"])
-        ):
-            bad("healthcheck", "command must be a non-empty list of strings")
-        for key, (low, high) in HEALTH_LIMITS.items():
-            whole = key != "retries" or isinstance(health.get(key), int)
-            if key in health and not (whole and _number(health[key], low, high)):
-                bad(
-                    "healthcheck",
-                    f"{key} must be {'a whole number ' if key == 'retries' else ''}"
-                    f"from {low:g} to {high:g}",
-                )
+        for problem in _health_errors(health):
+            bad("healthcheck", problem)
     if errors:
         raise ValidationError(errors)
     return {
@@ -162,8 +247,12 @@ def validate_spec(spec: dict, team) -> dict:
 
 
 def _validate_replicas(replicas) -> int:
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 100:
-        raise ValidationError({"replicas": ["must be a whole number from 0 to 100"]})
+    if (
+        isinstance(replicas, bool)
+        or not isinstance(replicas, int)
+        or not 0 <= replicas <= MAX_REPLICAS
+    ):
+        raise ValidationError({"replicas": [f"must be a whole number from 0 to {MAX_REPLICAS}"]})
     return replicas
 
 
@@ -181,7 +270,8 @@ def _running_vms(env: Environment) -> list[VirtualMachine]:
 def _get_service(env: Environment, name: str) -> Service:
     service = Service.objects.filter(environment=env, name=name).first()
     if service is None:
-        raise NotFound(f"no service named {name!r} in {env.name}")
+        # A name in the request's body that names nothing is bad input, like target_env.
+        raise ValidationError({"service_name": [f"no service named {name!r} in {env.name}"]})
     return service
 
 
@@ -254,16 +344,25 @@ def _new_release(service: Service, spec: dict, user, *, digest="", promoted_from
     )
 
 
-def deploy(*, user, team, env_id, service_name, replicas=1, queue_if_busy=False, **spec) -> Job:
+def deploy(*, user, team, env_id, service_name, replicas=None, queue_if_busy=False, **spec) -> Job:
+    """A new release of the service; every field the call leaves out keeps the
+    service's current value (a new service starts from the defaults)."""
     env = get_environment(user, team, env_id)
     require_act(user, team, env.kind)
     try:
         slug_name(service_name if isinstance(service_name, str) else "")
     except ValidationError as exc:
         raise ValidationError({"service_name": exc.messages}) from exc
-    clean = validate_spec(spec, team)
-    replicas = _validate_replicas(replicas)
     with transaction.atomic():
+        # Locked, so two deploys of one service each merge onto what the other wrote.
+        current = (
+            Service.objects.select_for_update().filter(environment=env, name=service_name).first()
+        )
+        if current is not None:
+            spec = {**{name: getattr(current, name) for name in SPEC_FIELDS}, **spec}
+            replicas = current.replicas if replicas is None else replicas
+        clean = validate_spec(spec, team)
+        replicas = _validate_replicas(1 if replicas is None else replicas)
         service, _ = Service.objects.update_or_create(
             environment=env, name=service_name, defaults={**clean, "replicas": replicas}
         )

@@ -103,24 +103,24 @@ class ServiceSpec:
 
     def validate(self) -> None:
         """Raises InvalidSpec naming the first bad field."""
-        if not _NAME.match(self.name):
+        if not _NAME.fullmatch(self.name):
             raise InvalidSpec("name", "lowercase letters, digits and '-', at most 63")
         if not self.image or any(c.isspace() for c in self.image):
             raise InvalidSpec("image", "must be a non-empty image reference")
         for field_name in ("service_id", "environment_id"):
-            if not _ID.match(getattr(self, field_name)):
+            if not _ID.fullmatch(getattr(self, field_name)):
                 raise InvalidSpec(field_name, "letters, digits, '_', '.', '-', at most 64")
         if not all(isinstance(arg, str) for arg in self.command):
             raise InvalidSpec("command", "must be a list of strings")
         for key, value in self.env.items():
-            if not _ENV_NAME.match(key) or not isinstance(value, str) or "\0" in value:
+            if not _ENV_NAME.fullmatch(key) or not isinstance(value, str) or "\0" in value:
                 raise InvalidSpec("env", f"bad variable {key!r}")
         for host_port, container_port in self.ports.items():
             for port in (host_port, container_port):
                 if not isinstance(port, int) or not 1 <= port <= 65535:
                     raise InvalidSpec("ports", f"{port!r} is not a TCP port")
         for volume, path in self.volumes.items():
-            if not _ID.match(volume):
+            if not _ID.fullmatch(volume):
                 raise InvalidSpec("volumes", f"volume name {volume!r} is invalid")
             if not path.startswith("/") or ".." in path.split("/"):
                 raise InvalidSpec("volumes", f"{path!r} must be an absolute path")
@@ -136,7 +136,7 @@ class ServiceSpec:
             ipaddress.ip_address(self.publish_address)
         except ValueError:
             raise InvalidSpec("publish_address", "must be an IP address") from None
-        if self.network is not None and not _ID.match(self.network):
+        if self.network is not None and not _ID.fullmatch(self.network):
             raise InvalidSpec("network", "invalid network name")
         if self.health is not None:
             _validate_health(self.health)
@@ -152,7 +152,7 @@ def _validate_health(health: HealthCheck) -> None:
     )
     if kinds != 1:
         raise InvalidSpec("health", "give exactly one of an HTTP path, a TCP port or a command")
-    if health.http_path is not None and not _HTTP_PATH.match(health.http_path):
+    if health.http_path is not None and not _HTTP_PATH.fullmatch(health.http_path):
         raise InvalidSpec("health.http_path", "an absolute path without spaces")
     if health.port is not None and not 1 <= health.port <= 65535:
         raise InvalidSpec("health.port", f"{health.port!r} is not a TCP port")
@@ -164,7 +164,7 @@ def _validate_health(health: HealthCheck) -> None:
 
 
 def validate_release_id(release_id: str) -> None:
-    if not _ID.match(release_id):
+    if not _ID.fullmatch(release_id):
         raise InvalidSpec("release_id", "letters, digits, '_', '.', '-', at most 64")
 
 
