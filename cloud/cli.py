@@ -170,20 +170,20 @@ def env_operation(client, args, operation: str, body: dict) -> int:
 
 
 def cmd_deploy(client, args):
-    env_vars = dict(item.partition("=")[::2] for item in args.env_var)
-    secret_env = dict(item.partition("=")[::2] for item in args.secret_env)
-    body = {
-        "service_name": args.service,
-        "image": args.image,
+    """Only the options given are sent: the service keeps its other settings."""
+    body = {"service_name": args.service, "image": args.image}
+    given = {
         "replicas": args.replicas,
         "ports": args.port,
-        "env": env_vars,
-        "secret_env": secret_env,
+        "env": args.env_var and dict(item.partition("=")[::2] for item in args.env_var),
+        "secret_env": args.secret_env
+        and dict(item.partition("=")[::2] for item in args.secret_env),
         "volumes": args.volume,
-        "healthcheck": health_or_usage_error(args.health),
+        "command": args.command,
     }
-    if args.command:
-        body["command"] = args.command
+    body.update((key, value) for key, value in given.items() if value is not None)
+    if args.health is not None:  # --health "" removes the check
+        body["healthcheck"] = health_or_usage_error(args.health)
     return env_operation(client, args, "deploy", body)
 
 
@@ -276,16 +276,15 @@ def parser() -> argparse.ArgumentParser:
     deploy.add_argument("env")
     deploy.add_argument("service")
     deploy.add_argument("image")
-    deploy.add_argument("--replicas", type=int, default=1)
-    deploy.add_argument("--port", type=int, action="append", default=[], help="publish a port")
-    deploy.add_argument("--env", dest="env_var", action="append", default=[], metavar="NAME=VALUE")
+    deploy.add_argument("--replicas", type=int, help="default: as now (1 for a new service)")
+    deploy.add_argument("--port", type=int, action="append", help="publish a port")
+    deploy.add_argument("--env", dest="env_var", action="append", metavar="NAME=VALUE")
     deploy.add_argument(
-        "--volume", action="append", default=[], metavar="NAME:/PATH", help="a named volume"
+        "--volume", action="append", metavar="NAME:/PATH", help="a named volume"
     )
     deploy.add_argument(
         "--secret-env",
         action="append",
-        default=[],
         metavar="NAME=SECRET",
         help="set NAME from the team's secret SECRET",
     )

@@ -99,6 +99,9 @@ VM_ACTION_FORMS = {
 PORT_TEXT = re.compile(r"[0-9]{1,5}")
 
 
+CLEAR = "none"  # typed into an optional deploy field: set it to nothing
+
+
 def ports_from_text(text: str) -> list[int]:
     ports = []
     for part in text.replace(",", " ").split():
@@ -109,13 +112,23 @@ def ports_from_text(text: str) -> list[int]:
 
 
 class DeployForm(forms.Form):
+    """A deploy from the portal: a field left empty keeps the service's current
+    value (the default for a new service); "none" clears ports or the check."""
+
     service_name = name_field(label="Service")
     image = forms.CharField(
         max_length=255, strip=False, help_text="An image reference, e.g. nginx:1.27"
     )
-    replicas = WholeNumberField(min_value=0, max_value=100, initial=1)
+    replicas = WholeNumberField(
+        min_value=0,
+        max_value=100,
+        required=False,
+        help_text="Empty: as now (1 for a new service)",
+    )
     ports = forms.CharField(
-        required=False, max_length=200, help_text="Container ports to publish, e.g. 80 443"
+        required=False,
+        max_length=200,
+        help_text="Container ports to publish, e.g. 80 443; empty: as now; none: no ports",
     )
 
     healthcheck = forms.CharField(
@@ -123,17 +136,30 @@ class DeployForm(forms.Form):
         required=False,
         strip=False,
         max_length=200,
-        help_text="http:/path:PORT, tcp:PORT or cmd:ARG,ARG; empty: running is healthy",
+        help_text="http:/path:PORT, tcp:PORT or cmd:ARG,ARG; empty: as now; "
+        "none: running is healthy",
     )
 
     def clean_ports(self):
-        return ports_from_text(self.cleaned_data["ports"])
+        text = self.cleaned_data["ports"]
+        if not text:
+            return None
+        return [] if text == CLEAR else ports_from_text(text)
 
     def clean_healthcheck(self):
+        text = self.cleaned_data["healthcheck"]
+        if not text:
+            return None
+        if text == CLEAR:
+            return {}
         try:
-            return parse_health(self.cleaned_data["healthcheck"])
+            return parse_health(text)
         except ValueError as exc:
             raise ValidationError(str(exc)) from exc
+
+    def mentioned(self) -> dict:
+        """The cleaned fields the person filled in: the others are kept as they are."""
+        return {name: value for name, value in self.cleaned_data.items() if value is not None}
 
 
 class ScaleForm(forms.Form):

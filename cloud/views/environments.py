@@ -122,7 +122,7 @@ def deploy(request, team, env_id):
     if form.is_valid():
         try:
             job = deployments.deploy(
-                user=request.user, team=team, env_id=env.pk, **form.cleaned_data
+                user=request.user, team=team, env_id=env.pk, **form.mentioned()
             )
         except Busy as error:
             return busy_redirect(request, error, env_url(team, env))

@@ -91,7 +91,7 @@ def test_deploy_scale_and_bad_health(strata):
         "deploy",
         "web",
         "site",
-        "site:1",
+        "alpha/site:1",
         "--port",
         "8080",
         "--health",
@@ -105,7 +105,7 @@ def test_deploy_scale_and_bad_health(strata):
     spec = Release.objects.get().spec
     assert spec["healthcheck"] == {"type": "http", "path": "/healthz", "port": 8080}
     assert spec["env"] == {"MODE": "prod"} and spec["ports"] == [8080]
-    bad = strata("deploy", "web", "site", "site:2", "--health", "smoke-signals")
+    bad = strata("deploy", "web", "site", "alpha/site:2", "--health", "smoke-signals")
     assert bad.returncode == 2 and "--health" in bad.stderr
     premature = strata("scale", "web", "site", "3")
     assert premature.returncode == 2 and "no successful release" in premature.stderr
