@@ -593,6 +593,25 @@ def test_read_only_pages_refuse_a_post(hostile_world, client):
             assert client.post(url, {"name": "x"}).status_code == 405, name
 
 
+def takes_a_body(key) -> bool:
+    return any(where == "body" for where, _ in write_operations()[key].values())
+
+
+@pytest.mark.parametrize(
+    "key", sorted(filter(takes_a_body, API_CASES)), ids=lambda k: f"{k[0]}-{k[1]}"
+)
+def test_api_write_refuses_a_field_it_does_not_take(hostile_world, key):
+    """Done-means of #9: a misspelt field ("replica") is a 400 naming it, not
+    ignored while the default is used; nothing changes."""
+    clean = fingerprint()
+    for baseline in API_CASES[key].baselines:
+        sid = transaction.savepoint()
+        response = send_api(hostile_world, key, {**baseline, "replica": 3}, {}, AS_IS, None)
+        assert response.status_code == 400 and "replica" in response.json(), response.content
+        assert fingerprint() == clean
+        transaction.savepoint_rollback(sid)
+
+
 def bound_forms(response) -> list[forms.BaseForm]:
     """Every submitted form the page was rendered with, wherever in its context."""
     found = []

@@ -87,6 +87,19 @@ class Decimal(serializers.FloatField):
         return super().to_internal_value(data)
 
 
+class KnownFieldsOnly(serializers.Serializer):
+    """A body with a field this request does not take (a typo, say) is a 400
+    naming that field, rather than ignored while a default is used instead."""
+
+    def validate(self, attrs):
+        unknown = set(self.initial_data) - set(self.fields)
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["is not a field of this request"] for name in sorted(unknown)}
+            )
+        return super().validate(attrs)
+
+
 def api_url(request, name, *args):
     return request.build_absolute_uri(reverse(f"api:{name}", args=args))
 
@@ -171,7 +184,7 @@ class EnvironmentSerializer(serializers.ModelSerializer):
         return api_url(self.context["request"], "job-detail", env.team.name, job.pk)
 
 
-class EnvironmentCreateSerializer(serializers.Serializer):
+class EnvironmentCreateSerializer(KnownFieldsOnly):
     """Shapes only; the service validates values and names the field that is wrong."""
 
     name = Name()
@@ -185,7 +198,7 @@ class DestroyQuerySerializer(serializers.Serializer):
     queue_if_busy = Flag(default=False)
 
 
-class VMActionSerializer(serializers.Serializer):
+class VMActionSerializer(KnownFieldsOnly):
     action = Text(max_length=40)
     snapshot = Name(required=False)
     flavor = Name(required=False)
@@ -193,6 +206,7 @@ class VMActionSerializer(serializers.Serializer):
 
     def validate(self, attrs):
         """A parameter the action does not take is refused, not ignored."""
+        attrs = super().validate(attrs)
         if attrs["action"] not in VM_ACTIONS:
             raise serializers.ValidationError(
                 {"action": [f"must be one of {', '.join(VM_ACTIONS)}"]}
@@ -265,7 +279,7 @@ class AuditEventSerializer(serializers.ModelSerializer):
         ]
 
 
-class DeploySerializer(serializers.Serializer):
+class DeploySerializer(KnownFieldsOnly):
     """Shapes and ranges (so the schema documents them); deployments.validate_spec
     checks the values, naming the field.  No spec field has a default here: one
     the request leaves out keeps the service's current value."""
@@ -285,19 +299,19 @@ class DeploySerializer(serializers.Serializer):
     queue_if_busy = Flag(default=False)
 
 
-class PromoteSerializer(serializers.Serializer):
+class PromoteSerializer(KnownFieldsOnly):
     service_name = Name()
     target_env = Name(required=False)
     queue_if_busy = Flag(default=False)
 
 
-class ScaleSerializer(serializers.Serializer):
+class ScaleSerializer(KnownFieldsOnly):
     service_name = Name()
     replicas = WholeNumber(min_value=0, max_value=MAX_REPLICAS)
     queue_if_busy = Flag(default=False)
 
 
-class RollbackSerializer(serializers.Serializer):
+class RollbackSerializer(KnownFieldsOnly):
     service_name = Name()
     queue_if_busy = Flag(default=False)
 
@@ -383,6 +397,6 @@ class SecretScopeSerializer(serializers.Serializer):
     environment = Name(required=False)
 
 
-class SecretWriteSerializer(SecretScopeSerializer):
+class SecretWriteSerializer(KnownFieldsOnly, SecretScopeSerializer):
     name = Name()
     value = Text(max_length=200_000)
