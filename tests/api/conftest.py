@@ -1,6 +1,7 @@
 import pytest
 from rest_framework.test import APIClient
 
+from cloud.models import Environment, Flavor, Image, VirtualMachine
 from tenants.models import ApiToken
 from tests.services.conftest import catalogue  # noqa: F401 - fixture
 
@@ -16,3 +17,21 @@ def api_as():
         return client
 
     return make
+
+
+@pytest.fixture
+def dev_env(make_team, catalogue, api_as):  # noqa: F811 - catalogue is the fixture above
+    """Team alpha's admin's API client and the URL of its dev environment, which
+    has one running VM (nothing deployed yet); team beta exists beside it."""
+    team, user = make_team("alpha")
+    make_team("beta")
+    env = Environment.objects.create(team=team, name="dev", kind="dev")
+    VirtualMachine.objects.create(
+        environment=env,
+        name="dev-1",
+        host=catalogue,
+        state="running",
+        flavor=Flavor.objects.get(),
+        image=Image.objects.get(),
+    )
+    return api_as(user), f"/api/v1/teams/alpha/environments/{env.pk}/"

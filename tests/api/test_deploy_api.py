@@ -1,27 +1,13 @@
 import pytest
 
-from cloud.models import Environment, Flavor, Image, Job, Service, VirtualMachine
+from cloud.models import Job, Service
 
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def dev(make_team, catalogue, api_as):
-    team, user = make_team("alpha")
-    env = Environment.objects.create(team=team, name="dev", kind="dev")
-    VirtualMachine.objects.create(
-        environment=env,
-        name="dev-1",
-        host=catalogue,
-        state="running",
-        flavor=Flavor.objects.get(),
-        image=Image.objects.get(),
-    )
-    return api_as(user), f"/api/v1/teams/alpha/environments/{env.pk}/"
 
-
-def test_deploy_answers_202_and_services_lists_it(dev):
-    client, url = dev
+def test_deploy_answers_202_and_services_lists_it(dev_env):
+    client, url = dev_env
     body = {
         "service_name": "web",
         "image": "alpha/web:1",
@@ -46,16 +32,16 @@ def test_deploy_answers_202_and_services_lists_it(dev):
         ("healthcheck", {"type": "exec"}),
     ],
 )
-def test_hostile_deploys_are_400_naming_the_field(dev, field, value):
-    client, url = dev
+def test_hostile_deploys_are_400_naming_the_field(dev_env, field, value):
+    client, url = dev_env
     body = {"service_name": "web", "image": "alpha/web:1", field: value}
     response = client.post(url + "deploy/", body, format="json")
     assert response.status_code == 400 and field in response.json()
     assert not Service.objects.exists() and not Job.objects.exists()
 
 
-def test_scale_promote_rollback_without_a_release_are_400(dev):
-    client, url = dev
+def test_scale_promote_rollback_without_a_release_are_400(dev_env):
+    client, url = dev_env
     client.post(url + "deploy/", {"service_name": "web", "image": "alpha/web:1"}, format="json")
     Job.objects.update(state="succeeded")  # the environment is free again
     for action, body in [

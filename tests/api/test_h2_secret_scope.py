@@ -260,7 +260,7 @@ def test_existing_team_wide_secrets_move_to_the_scopes_that_use_them(world):
 
     from django.apps import apps
 
-    migration = import_module("cloud.migrations.0003_h2_secret_scope")
+    migration = import_module("cloud.migrations.0004_secret_scope")
     team, admin, _, envs = world
     Secret.objects.create(team=team, name="db-password", value="shared-value")
     Secret.objects.create(team=team, name="unused", value="unused-value")

@@ -3,24 +3,15 @@ naming the healthcheck, and nothing is made."""
 
 import pytest
 
-from cloud.models import Environment, Flavor, Image, Job, Service, VirtualMachine
+from cloud.models import Job, Service
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def deploy_url(make_team, catalogue, api_as):
-    team, user = make_team("alpha")
-    env = Environment.objects.create(team=team, name="dev", kind="dev")
-    VirtualMachine.objects.create(
-        environment=env,
-        name="dev-1",
-        host=catalogue,
-        state="running",
-        flavor=Flavor.objects.get(),
-        image=Image.objects.get(),
-    )
-    return api_as(user), f"/api/v1/teams/alpha/environments/{env.pk}/deploy/"
+def deploy_url(dev_env):
+    client, url = dev_env
+    return client, url + "deploy/"
 
 
 @pytest.mark.parametrize(

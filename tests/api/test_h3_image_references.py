@@ -4,7 +4,7 @@ team may run; the worker resolves only the validated reference."""
 import docker
 import pytest
 
-from cloud.models import Environment, Flavor, Image, Job, Release, Service, VirtualMachine
+from cloud.models import Job, Release, Service
 from cloud.services.deployments import validate_spec
 from cloud.services.errors import ValidationError
 from tests.remote.servers import build_web_images, remove_web_images
@@ -15,19 +15,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def dev(make_team, catalogue, api_as):
-    team, user = make_team("alpha")
-    make_team("beta")
-    env = Environment.objects.create(team=team, name="dev", kind="dev")
-    VirtualMachine.objects.create(
-        environment=env,
-        name="dev-1",
-        host=catalogue,
-        state="running",
-        flavor=Flavor.objects.get(),
-        image=Image.objects.get(),
-    )
-    return api_as(user), f"/api/v1/teams/alpha/environments/{env.pk}/deploy/"
+def dev(dev_env):
+    client, url = dev_env
+    return client, url + "deploy/"
 
 
 def post(client, url, image):

@@ -4,7 +4,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("cloud", "0003_h1_job_lease"),
+        ("cloud", "0005_exact_names"),
     ]
 
     operations = [

@@ -17,7 +17,7 @@ def name_field(**kwargs):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("cloud", "0002_vm_samples"), ("tenants", "0003_h7_exact_names")]
+    dependencies = [("cloud", "0004_secret_scope"), ("tenants", "0003_exact_names")]
 
     operations = [
         *(

@@ -36,9 +36,7 @@ def scope_existing_secrets(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-    dependencies = [
-        ("cloud", "0002_vm_samples"),
-    ]
+    dependencies = [("cloud", "0003_job_lease")]
 
     operations = [
         migrations.RemoveConstraint(model_name="secret", name="secret_name_unique_in_team"),
