@@ -29,11 +29,26 @@ class HostAdmin(admin.ModelAdmin):
         "memory_mb",
         "cpu_overcommit",
         "ram_overcommit",
+        "effective_virt_type",
+        "detected_virt_type",
+        "virt_type_override",
+        "cpu_mode",
         "last_seen_at",
     ]
-    list_filter = ["status"]
+    list_filter = ["status", "detected_virt_type", "virt_type_override"]
     search_fields = ["name", "libvirt_uri"]
     actions = ["enable", "disable", "drain"]
+    # Detection is the reconciler's; the operator overrides it and picks the CPU.
+    readonly_fields = [
+        "effective_virt_type",
+        "detected_virt_type",
+        "virt_type_reason",
+        "virt_checked_at",
+    ]
+
+    @admin.display(description="virt type")
+    def effective_virt_type(self, host):
+        return host.virt_type
 
     def _set_status(self, request, queryset, status):
         count = queryset.update(status=status)

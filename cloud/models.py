@@ -55,6 +55,17 @@ def default_virt_type() -> str:
     return settings.STRATA_VIRT_TYPE
 
 
+def default_cpu_mode() -> str:
+    return settings.STRATA_CPU_MODEL
+
+
+VIRT_TYPE_CHOICES = [("kvm", "KVM"), ("qemu", "QEMU TCG (emulated)")]
+cpu_mode_name = RegexValidator(
+    r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z",
+    "host-passthrough, or a CPU model name: letters, digits, _ . - (at most 64).",
+)
+
+
 class HostStatus(models.TextChoices):
     ENABLED = "enabled"
     DISABLED = "disabled"
@@ -66,10 +77,24 @@ class Host(models.Model):
 
     name = models.CharField(max_length=40, unique=True, validators=[slug_name])
     libvirt_uri = models.CharField(max_length=255)
-    virt_type = models.CharField(
+    # What the host can do, detected at registration and on every reconcile.
+    detected_virt_type = models.CharField(
+        max_length=4, choices=VIRT_TYPE_CHOICES, blank=True, default="", editable=False
+    )
+    virt_type_reason = models.TextField(blank=True, default="", editable=False)
+    virt_checked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    virt_type_override = models.CharField(
         max_length=4,
-        choices=[("kvm", "KVM"), ("qemu", "QEMU TCG (emulated)")],
-        default=default_virt_type,
+        choices=VIRT_TYPE_CHOICES,
+        blank=True,
+        default="",
+        help_text="Blank: use the detected type.",
+    )
+    cpu_mode = models.CharField(
+        max_length=64,
+        default=default_cpu_mode,
+        validators=[cpu_mode_name],
+        help_text="The guest CPU on KVM: host-passthrough, or a libvirt CPU model name.",
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.ENABLED)
     cpus = models.PositiveIntegerField(help_text="physical CPUs")
@@ -89,12 +114,28 @@ class Host(models.Model):
             ),
             state_check("status", HostStatus, "host_status_valid"),
             models.CheckConstraint(
-                condition=models.Q(virt_type__in=["kvm", "qemu"]), name="host_virt_type_valid"
+                condition=models.Q(virt_type_override__in=["", "kvm", "qemu"]),
+                name="host_virt_type_override_valid",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(detected_virt_type__in=["", "kvm", "qemu"]),
+                name="host_detected_virt_type_valid",
             ),
         ]
 
     def __str__(self):
         return self.name
+
+    @property
+    def virt_type(self) -> str:
+        """The domain type used on this host: the operator's override, else the
+        detected type, else STRATA_VIRT_TYPE for a host not detected yet."""
+        return self.virt_type_override or self.detected_virt_type or default_virt_type()
+
+    @virt_type.setter
+    def virt_type(self, value: str) -> None:
+        # Setting a type by hand (Host(virt_type=...), register_host) is an override.
+        self.virt_type_override = value
 
     @property
     def queue(self) -> str:

@@ -208,11 +208,20 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULE_FILENAME = str(STRATA_DATA_DIR / "celerybeat-schedule")
 
 # --- Strata -------------------------------------------------------------------
-# The default for newly registered hosts (each Host keeps its own).  TCG ("qemu")
-# works on any machine; KVM is far faster where the CPU and kernel allow it.
+# Each host's domain type is detected (CPU flags, /dev/kvm, libvirt's kvm
+# domain capabilities) unless an operator overrides it on the host; this is
+# only the type of a host not detected yet.  TCG ("qemu") works anywhere.
 STRATA_VIRT_TYPE = os.environ.get("STRATA_VIRT_TYPE", "qemu")
 if STRATA_VIRT_TYPE not in {"kvm", "qemu"}:
     raise ImproperlyConfigured("STRATA_VIRT_TYPE must be 'kvm' or 'qemu'")
+# The guest CPU on KVM hosts: "host-passthrough" (fastest, the host's own CPU),
+# or a libvirt CPU model name, the same on every host (e.g. "Skylake-Client-IBRS").
+STRATA_CPU_MODEL = os.environ.get("STRATA_CPU_MODEL", "host-passthrough")
+if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", STRATA_CPU_MODEL):
+    raise ImproperlyConfigured(
+        "STRATA_CPU_MODEL must be 'host-passthrough' or a CPU model name "
+        f"(letters, digits, _ . -), not {STRATA_CPU_MODEL!r}"
+    )
 STRATA_LIBVIRT_URI = os.environ.get("STRATA_LIBVIRT_URI", "qemu:///system")
 # The libvirt storage pool for disks and seeds (its console-log pool is
 # "<name>-console"): another Strata on the same libvirtd, such as the test

@@ -36,6 +36,7 @@ from cloud.models import (
     VMSample,
     VMState,
 )
+from cloud.services.hosts import record_virt_support
 from cloud.states import JOB_MACHINE
 from tenants.models import AuditEvent
 from workers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeKind
@@ -64,6 +65,7 @@ def reconcile_host(host_id: int) -> dict[str, int]:
         virt_type=host.virt_type,
         installation_id=settings.STRATA_INSTALLATION_ID,
     ) as hv:
+        counts["virt_changed"] = _refresh_virtualisation(host, hv)
         domains = {d.uuid: d for d in hv.list_strata_domains()}
         hv.ensure_storage()
         volumes = [
@@ -91,6 +93,30 @@ def reconcile_host(host_id: int) -> dict[str, int]:
         counts["orphans_removed"] = _sweep_orphans(host, hv, found)
         counts["samples"] = _record_samples(hv, vms, domains)
     return counts
+
+
+def _refresh_virtualisation(host: Host, hv: Hypervisor) -> int:
+    """Detect again what the host can do (a BIOS switch, a kernel module or the
+    /dev/kvm mode may have changed); store and audit a change. 1 if changed."""
+    support = hv.detect_virtualisation()
+    before = host.virt_type
+    changed = record_virt_support(host, support)
+    Host.objects.filter(pk=host.pk).update(
+        detected_virt_type=host.detected_virt_type,
+        virt_type_reason=host.virt_type_reason,
+        virt_checked_at=host.virt_checked_at,
+    )
+    if not changed:
+        return 0
+    AuditEvent.record(
+        "host.virt_detected",
+        target=host,
+        detected=support.virt_type,
+        reason=support.reason,
+        effective_before=before,
+        effective=host.virt_type,
+    )
+    return 1
 
 
 def vms_a_job_acts_on(host_id: int) -> set[int]:

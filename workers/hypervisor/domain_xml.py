@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
 from .spec import (
+    HOST_PASSTHROUGH,
     STRATA_ID_PATTERN,
     DomainSpec,
     LibvirtNetwork,
@@ -111,6 +112,16 @@ def _features(domain: ET.Element, spec: DomainSpec) -> None:
         _sub(tcg, "tb-cache", str(spec.tb_cache_mib), unit="MiB")
 
 
+def _kvm_cpu(domain: ET.Element, cpu_mode: str) -> None:
+    if cpu_mode == HOST_PASSTHROUGH:
+        _sub(domain, "cpu", mode=HOST_PASSTHROUGH, check="none")
+        return
+    # The named model exactly, or no start: a silently different CPU would
+    # break the guests (and saved states) that rely on that model.
+    cpu = _sub(domain, "cpu", mode="custom", match="exact", check="partial")
+    _sub(cpu, "model", cpu_mode, fallback="forbid")
+
+
 def _disks(devices: ET.Element, spec: DomainSpec) -> None:
     disk = _sub(devices, "disk", type="file", device="disk")
     _sub(disk, "driver", name="qemu", type="qcow2", discard="unmap")
@@ -202,7 +213,7 @@ def build_domain_xml(spec: DomainSpec, installation_id: str | None = None) -> st
     _os(domain, spec)
     _features(domain, spec)
     if spec.virt_type == "kvm":
-        _sub(domain, "cpu", mode="host-passthrough", check="none")
+        _kvm_cpu(domain, spec.cpu_mode)
     _sub(domain, "clock", offset="utc")
     _sub(domain, "on_poweroff", "destroy")
     _sub(domain, "on_reboot", "restart")

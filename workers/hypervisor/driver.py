@@ -55,6 +55,17 @@ from .spec import (
     require_port,
     require_uuid,
 )
+from .virt_detect import (
+    KVM_DEVICE,
+    QEMU_CONF,
+    VirtSupport,
+    cpu_virt_flags,
+    decide,
+    is_local_qemu,
+    kvm_device_problem,
+    qemu_identity,
+    reports_kvm_domain,
+)
 
 # libvirt prints every error to stderr by default; we raise them instead.
 libvirt.registerErrorHandler(lambda _context, _error: None, None)
@@ -240,18 +251,47 @@ class Hypervisor:
             free_bytes = self._conn.getFreeMemory()
         return HostCapacity(cpus=cpus, memory_mib=memory_mib, free_memory_mib=free_bytes // 2**20)
 
-    def warm_capabilities(self) -> None:
-        """Ask libvirtd for the host's capabilities and those of this virt type's
-        domains, so it probes QEMU now (seconds on a fresh host), not in the
-        first job's define. A driver without domain capabilities (test) is fine."""
+    def warm_capabilities(self, virt_type: str | None = None) -> None:
+        """Ask libvirtd for the host's capabilities and those of ``virt_type``'s
+        (default: this driver's) domains, so it probes QEMU now (seconds on a
+        fresh host), not in the first job's define. A driver without domain
+        capabilities (test) is fine."""
+        virt_type = virt_type or self.virt_type
+        if virt_type not in VIRT_TYPES:
+            raise InvalidSpec("virt_type", f"must be one of {VIRT_TYPES}, got {virt_type!r}")
         with libvirt_errors():
             self._conn.getCapabilities()
             try:
                 # The architecture and machine every Strata domain uses.
-                self._conn.getDomainCapabilities(None, "x86_64", "q35", self.virt_type, 0)
+                self._conn.getDomainCapabilities(None, "x86_64", "q35", virt_type, 0)
             except libvirt.libvirtError as error:
                 if error.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                     raise
+
+    def detect_virtualisation(
+        self, kvm_device: str = KVM_DEVICE, qemu_conf: str = QEMU_CONF
+    ) -> VirtSupport:
+        """What hardware virtualisation this host can do and the domain type to
+        use (see ``virt_detect``). ``kvm_device`` and ``qemu_conf`` are checked
+        only when the host is this machine's QEMU driver."""
+        with libvirt_errors():
+            flags = cpu_virt_flags(self._conn.getCapabilities())
+            uri = self._conn.getURI()
+        try:
+            kvm_domain = reports_kvm_domain(
+                self._conn.getDomainCapabilities(None, "x86_64", "q35", "kvm", 0)
+            )
+        except libvirt.libvirtError:
+            # Unsupported by the driver, or no usable KVM: both mean no kvm domains.
+            kvm_domain = False
+        device_checked = is_local_qemu(uri)
+        device_problem = None
+        if device_checked:
+            try:
+                device_problem = kvm_device_problem(qemu_identity(qemu_conf), kvm_device)
+            except KeyError as error:
+                device_problem = f"libvirt's QEMU user or group does not exist: {error}"
+        return decide(flags, kvm_domain, device_problem, device_checked)
 
     # -- naming -----------------------------------------------------------
 

@@ -24,6 +24,10 @@ MAC_PATTERN = re.compile(r"52:54:00(?::[0-9a-f]{2}){3}")
 KERNEL_CMDLINE_PATTERN = re.compile(r"[\x20-\x7e]{1,1024}")
 
 VIRT_TYPES = ("kvm", "qemu")
+# On KVM a guest sees the host CPU as it is, or a named libvirt CPU model
+# (stable across hosts with different CPUs, e.g. "Skylake-Client-IBRS").
+HOST_PASSTHROUGH = "host-passthrough"
+CPU_MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_VCPUS = 256
 MAX_MEMORY_MIB = 4 * 1024 * 1024
 MAX_TB_CACHE_MIB = 4096
@@ -150,6 +154,13 @@ class LibvirtNetwork:
             )
 
 
+def require_cpu_mode(field_name: str, value: object) -> str:
+    """HOST_PASSTHROUGH or a CPU model name (letters, digits, _ . -), matched whole."""
+    return require_match(
+        field_name, value, CPU_MODEL_PATTERN, f"{HOST_PASSTHROUGH!r} or a CPU model name"
+    )
+
+
 @dataclass(frozen=True)
 class KernelBoot:
     """Direct kernel boot: QEMU loads kernel and initrd from host files."""
@@ -189,6 +200,8 @@ class DomainSpec:
     kernel_boot: KernelBoot | None = None
     tb_cache_mib: int = 256
     guest_agent: bool = True
+    # KVM only: HOST_PASSTHROUGH or a CPU model name; TCG emulates its default CPU.
+    cpu_mode: str = HOST_PASSTHROUGH
 
     def validate(self) -> DomainSpec:
         require_domain_name("name", self.name)
@@ -205,6 +218,7 @@ class DomainSpec:
         if self.virt_type not in VIRT_TYPES:
             raise InvalidSpec("virt_type", f"must be one of {VIRT_TYPES}, got {self.virt_type!r}")
         require_int("tb_cache_mib", self.tb_cache_mib, 1, MAX_TB_CACHE_MIB)
+        require_cpu_mode("cpu_mode", self.cpu_mode)
         if not isinstance(self.network, UserNetwork | LibvirtNetwork):
             raise InvalidSpec("network", "must be a UserNetwork or a LibvirtNetwork")
         self.network.validate()

@@ -188,6 +188,7 @@ def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
         network=forwards,
         seed_path=hv.seed_path(vm.domain_name),
         virt_type=vm.host.virt_type,
+        cpu_mode=vm.host.cpu_mode,
         kernel_boot=kernel,
     ).validate()
 
