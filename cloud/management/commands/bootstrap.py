@@ -51,7 +51,9 @@ class Command(BaseCommand):
         except HostUnavailable as exc:
             raise CommandError(f"cannot register this machine as a host: {exc}") from exc
         say(
-            f"host {host.name} ({host.libvirt_uri}, {host.virt_type}): "
+            f"host {host.name} ({host.libvirt_uri}, {host.virt_type}: "
+            f"{host.virt_type_reason or 'not detected'}"
+            f"{', set by an operator' if host.virt_type_override else ''}): "
             f"{'registered' if created else 'updated'}, {host.cpus} CPUs, "
             f"{host.memory_mb} MiB, queue {host.queue}"
         )
