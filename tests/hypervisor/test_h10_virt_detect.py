@@ -13,6 +13,7 @@ import pwd
 import stat
 import xml.etree.ElementTree as ET
 
+import libvirt
 import pytest
 
 from workers.hypervisor import Hypervisor, InvalidSpec, build_domain_xml
@@ -260,3 +261,23 @@ def test_hostile_cpu_models_are_refused_naming_the_field(model):
     with pytest.raises(InvalidSpec) as error:
         build_domain_xml(make_spec(virt_type="kvm", cpu_mode=model))
     assert error.value.field == "cpu_mode"
+
+
+@pytest.mark.parametrize("cpu_mode", ["host-passthrough", "Skylake-Client-IBRS"])
+def test_the_real_libvirt_accepts_both_kvm_cpu_elements(cpu_mode):
+    """Issue 13: libvirtd (qemu:///system) defines a kvm domain with either CPU
+    element; nothing is started, the definition is removed at once."""
+    spec = make_spec(name=f"h10-cpu-{cpu_mode.lower()}", virt_type="kvm", cpu_mode=cpu_mode)
+    conn = libvirt.open("qemu:///system")
+    try:
+        domain = conn.defineXML(build_domain_xml(spec))
+        try:
+            cpu = ET.fromstring(domain.XMLDesc(0)).find("cpu")  # noqa: S314 - libvirtd's
+            if cpu_mode == "host-passthrough":
+                assert cpu.get("mode") == "host-passthrough"
+            else:
+                assert cpu.get("mode") == "custom" and cpu.findtext("model") == cpu_mode
+        finally:
+            domain.undefine()
+    finally:
+        conn.close()
