@@ -18,12 +18,23 @@ token, so a run whose lease was taken over stops at its next write.
 A team runs at most ``STRATA_TEAM_JOBS_PER_QUEUE`` jobs at once on one queue;
 a job over the limit goes back to its queue for a few seconds, so one team's
 long jobs cannot hold every worker of a host.
+
+Row locks: the engine locks job and team rows FOR NO KEY UPDATE, never FOR
+UPDATE.  The foreign keys are checked at COMMIT (Django makes them DEFERRABLE
+INITIALLY DEFERRED) with FOR KEY SHARE on the rows they name: a request that
+queues a job behind the environment's holder share-locks the team, the
+environment and the holder at its very end, after it took the environment's
+row.  FOR UPDATE would make those checks wait for a worker that itself waits
+for the environment or team row the request holds: a deadlock.  A deadlock or
+serialization failure that still happens (with a transaction outside the
+engine) is transient: the run gives the job back and is delivered again.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -89,8 +100,20 @@ class LeaseLost(Exception):
     """Another run has taken this job over: this one must stop without writing."""
 
 
+# PostgreSQL's deadlock_detected and serialization_failure: it rolled the
+# transaction back, and running it again succeeds.
+_LOCK_CONFLICTS = {"40P01", "40001"}
+
+
+def is_lock_conflict(error: BaseException) -> bool:
+    return (
+        isinstance(error, DatabaseError)
+        and getattr(error.__cause__, "sqlstate", None) in _LOCK_CONFLICTS
+    )
+
+
 def is_transient(error: BaseException) -> bool:
-    return bool(getattr(error, "transient", False))
+    return bool(getattr(error, "transient", False)) or is_lock_conflict(error)
 
 
 def backoff_seconds(attempt: int) -> float:
@@ -155,17 +178,24 @@ class Lease:
         with transaction.atomic():
             # The job row's lock keeps a takeover from committing between the
             # check and the write.
-            held = self._mine().select_for_update(no_key=True).values_list("pk", flat=True)
+            held = _locked(self._mine()).values_list("pk", flat=True)
             if self.lost.is_set() or not list(held):
                 raise self._lose()
             JobStep.objects.filter(pk=step_id).update(**fields)
 
     def locked_job(self) -> Job:
         """The job, row-locked in the caller's transaction, if this run still holds it."""
-        job = Job.objects.select_for_update().get(pk=self.job_id)
+        job = _locked(Job.objects).get(pk=self.job_id)
         if self.lost.is_set() or job.lease_token != self.token:
             raise self._lose()
         return job
+
+    def give_back(self) -> None:
+        """End this run's claim now, so the job's next delivery may take it at once."""
+        try:
+            self._mine().update(**_NO_LEASE)
+        except DatabaseError as error:
+            log.warning("job %s: could not give its lease back (it lapses): %s", self.job_id, error)
 
     @contextmanager
     def kept_alive(self) -> Iterator[None]:
@@ -199,6 +229,12 @@ class Lease:
             connection.close()
 
 
+def _locked(jobs_or_teams):
+    """The rows, locked against the engine's other writers but not against the
+    foreign-key checks of rows that name them (see the module's docstring)."""
+    return jobs_or_teams.select_for_update(no_key=True)
+
+
 def _owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
@@ -210,7 +246,7 @@ def _acquire(job_id) -> tuple[Job, Lease] | None:
     would have expired) or when the team is at its limit on the job's queue.
     """
     with transaction.atomic():
-        job = Job.objects.select_for_update().annotate(db_now=Now()).filter(pk=job_id).first()
+        job = _locked(Job.objects).annotate(db_now=Now()).filter(pk=job_id).first()
         if job is None or job.is_finished:
             return None  # deleted, or a duplicate delivery of a job already done
         if job.lease_expires_at is not None and job.lease_expires_at > job.db_now:
@@ -236,7 +272,7 @@ def _check_team_limit(job: Job) -> None:
     if limit <= 0:
         return
     # The team's row lock makes two workers starting its jobs at once count each other.
-    list(Team.objects.select_for_update().filter(pk=job.team_id).values_list("pk", flat=True))
+    list(_locked(Team.objects).filter(pk=job.team_id).values_list("pk", flat=True))
     running = (
         Job.objects.filter(team=job.team_id, queue=job.queue, lease_expires_at__gt=Now())
         .exclude(pk=job.pk)
@@ -290,15 +326,31 @@ def enqueue(job: Job) -> None:
 
 def run(job_id: str) -> None:
     """Run (or resume) a job; raises RetryLater when it should come back later."""
-    acquired = _acquire(job_id)
-    if acquired is None:
-        return
-    job, lease = acquired
-    with lease.kept_alive():
-        try:
-            _run_steps(PLANS[job.kind], job, lease)
-        except LeaseLost:
-            log.warning("job %s: another run took it over; this run stopped", job.pk)
+    lease = None
+    try:
+        acquired = _acquire(job_id)
+        if acquired is None:
+            return
+        job, lease = acquired
+        with lease.kept_alive():
+            try:
+                _run_steps(PLANS[job.kind], job, lease)
+            except LeaseLost:
+                log.warning("job %s: another run took it over; this run stopped", job.pk)
+    except DatabaseError as error:
+        if not is_lock_conflict(error):
+            raise
+        # PostgreSQL rolled back what the statement's transaction wrote; what
+        # committed (done steps) stays, and the next delivery resumes from it.
+        if lease is not None:
+            lease.give_back()
+        log.warning("job %s: %s; retrying", job_id, str(error).splitlines()[0])
+        raise RetryLater(lock_conflict_backoff()) from error
+
+
+def lock_conflict_backoff() -> float:
+    """A short wait, spread so two runs that collided do not collide again."""
+    return backoff_seconds(1) * random.uniform(0.5, 1.5)
 
 
 def _run_steps(plan: Plan, job: Job, lease: Lease) -> None:
@@ -373,7 +425,7 @@ def finish(job: Job, state: str, error: str = "", *, lease: Lease | None = None)
     """End ``job``: release its environment, finish its parent, start a waiter.
 
     With ``lease``, only if that run still holds the job (else LeaseLost)."""
-    job = lease.locked_job() if lease else Job.objects.select_for_update().get(pk=job.pk)
+    job = lease.locked_job() if lease else _locked(Job.objects).get(pk=job.pk)
     if job.is_finished:
         return
     fields = {"error": error, **_NO_LEASE}
@@ -397,7 +449,7 @@ def finish(job: Job, state: str, error: str = "", *, lease: Lease | None = None)
 
 
 def _child_finished(parent_id) -> None:
-    parent = Job.objects.select_for_update().get(pk=parent_id)
+    parent = _locked(Job.objects).get(pk=parent_id)
     children = list(parent.children.all())
     if parent.is_finished or not all(c.is_finished for c in children):
         return
@@ -447,7 +499,7 @@ def _not_started(job: Job) -> bool:
 
 def _end_unstarted(job: Job, state: str, reason: str) -> None:
     """End a job none of whose steps ran (and its children): nothing to undo on a host."""
-    children = [c for c in job.children.select_for_update().order_by("pk") if not c.is_finished]
+    children = [c for c in _locked(job.children).order_by("pk") if not c.is_finished]
     for each in children or [job]:
         discard = PLANS[each.kind].discard
         if discard is not None:
@@ -461,8 +513,8 @@ def cancel(job_id) -> str | None:
     environment to the next waiter); what runs stops at its next step boundary
     and undoes what it made.  Returns the state of a job already finished."""
     # Children before their parent: the order in which a starting child locks them.
-    children = list(Job.objects.select_for_update().filter(parent=job_id).order_by("pk"))
-    job = Job.objects.select_for_update().get(pk=job_id)
+    children = list(_locked(Job.objects).filter(parent=job_id).order_by("pk"))
+    job = _locked(Job.objects).get(pk=job_id)
     if job.is_finished:
         return job.state
     live = [c for c in children if not c.is_finished]

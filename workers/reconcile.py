@@ -164,7 +164,10 @@ def _restart(hv: Hypervisor, vm: VirtualMachine) -> str:
     # The row lock is the one every VM operation writes its state under: held
     # from the re-check to the start, no stop can slip in between.
     with transaction.atomic():
-        locked = VirtualMachine.objects.select_for_update(skip_locked=True).filter(pk=vm.pk)
+        # Only the VM's row (its ordering joins the environment and team rows).
+        locked = VirtualMachine.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+            pk=vm.pk
+        )
         current = locked.values_list("state", flat=True).first()
         if current != VMState.RUNNING or vm.pk in vms_a_job_acts_on(vm.host_id):
             return "unchanged"

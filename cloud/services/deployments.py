@@ -355,8 +355,12 @@ def deploy(*, user, team, env_id, service_name, replicas=None, queue_if_busy=Fal
         raise ValidationError({"service_name": exc.messages}) from exc
     with transaction.atomic():
         # Locked, so two deploys of one service each merge onto what the other wrote.
+        # Only the service's row: its default ordering joins the environment and
+        # team, whose rows a plain FOR UPDATE would lock too, ahead of _take_lock.
         current = (
-            Service.objects.select_for_update().filter(environment=env, name=service_name).first()
+            Service.objects.select_for_update(of=("self",), no_key=True)
+            .filter(environment=env, name=service_name)
+            .first()
         )
         if current is not None:
             spec = {**{name: getattr(current, name) for name in SPEC_FIELDS}, **spec}

@@ -165,7 +165,9 @@ def _validate_create(name, kind, vm_count, flavor, image) -> tuple[Flavor, Image
 
 def _take_lock(env: Environment, job: Job, queue_if_busy: bool) -> bool:
     """Make ``job`` the holder of ``env``'s lock; True if it may start now."""
-    env = Environment.objects.select_for_update().get(pk=env.pk)
+    # FOR NO KEY UPDATE, like the engine's locks: it serialises the requests and
+    # workers that change the lock, not the foreign-key checks of rows naming it.
+    env = Environment.objects.select_for_update(no_key=True).get(pk=env.pk)
     holder = env.lock_job
     if holder is not None and not holder.is_finished:
         if not queue_if_busy:
