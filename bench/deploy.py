@@ -125,7 +125,7 @@ def web_spec(image: str) -> ServiceSpec:
         service_id="bench-web",
         environment_id="bench",
         network="none",
-        health=HealthCheck.http("/", 8080, interval=0.05, retries=100),
+        health=HealthCheck.http("/", 8080, interval=0.1, retries=100),
     )
 
 

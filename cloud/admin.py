@@ -3,6 +3,7 @@ from django.contrib import admin
 from cloud.models import (
     Container,
     Deployment,
+    DeploymentTarget,
     Environment,
     Flavor,
     Host,
@@ -150,12 +151,31 @@ class ReleaseAdmin(admin.ModelAdmin):
     ]
 
 
+class DeploymentTargetInline(admin.TabularInline):
+    model = DeploymentTarget
+    extra = 0
+    fields = ["vm", "outcome", "detail", "updated_at"]
+    readonly_fields = fields
+    can_delete = False
+
+
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
     list_display = ["release", "environment", "state", "created_at"]
     list_filter = ["state", "environment__kind"]
     search_fields = ["environment__name", "release__service__name"]
     readonly_fields = ["state", "reason"]
+    inlines = [DeploymentTargetInline]
+
+
+@admin.register(DeploymentTarget)
+class DeploymentTargetAdmin(admin.ModelAdmin):
+    """Each VM's outcome of a deployment: written by the deploy job only."""
+
+    list_display = ["deployment", "vm", "outcome", "updated_at"]
+    list_filter = ["outcome"]
+    search_fields = ["vm__name", "deployment__release__service__name"]
+    readonly_fields = ["deployment", "vm", "outcome", "detail", "updated_at"]
 
 
 @admin.register(Container)
