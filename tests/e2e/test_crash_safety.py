@@ -242,6 +242,9 @@ def test_libvirtd_restarted_mid_job_the_job_retries_and_completes(
     finally:
         if not libvirtd_running():
             subprocess.run(["libvirtd", "-d"], check=True)
+        # The restart dropped the session's connection, which a client notices only
+        # at its next call: close it, and the driver opens a new one when next used.
+        e2e_hypervisor.close()
     try:
         wait_for(lambda: control.entered("before start"), 300, "the retried job to reach start")
         child.refresh_from_db()

@@ -220,3 +220,14 @@ def test_guest_addresses_in_network_mode(test_hypervisor):
 def test_user_mode_guest_has_no_libvirt_addresses(test_hypervisor, defined):
     test_hypervisor.start(VM_UUID)
     assert test_hypervisor.guest_addresses(VM_UUID) == []
+
+
+def test_a_closed_connection_is_opened_again_at_the_next_call():
+    """A libvirtd restart leaves the driver's client closed (the e2e restart test
+    shows it on the real daemon); its next call opens a new connection."""
+    hv = Hypervisor("test:///default", TEST_DATA_DIR)
+    before = hv.connection
+    hv.close()
+    assert hv.capacity().cpus > 0
+    assert hv.connection is not before and hv.connection.isAlive()
+    hv.close()

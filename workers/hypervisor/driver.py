@@ -224,14 +224,29 @@ class Hypervisor:
         self.pool_name = pool_name
         self.console_pool_name = f"{pool_name}-console"
         self.virt_type = virt_type
+        self._connection = self._open()
+
+    def _open(self) -> libvirt.virConnect:
         try:
-            self._conn = libvirt.open(uri)
+            return libvirt.open(self.uri)
         except libvirt.libvirtError as error:
-            raise HostUnreachable(f"cannot open {uri}: {error.get_error_message()}") from error
+            raise HostUnreachable(f"cannot open {self.uri}: {error.get_error_message()}") from error
+
+    @property
+    def _conn(self) -> libvirt.virConnect:
+        # A restarted libvirtd leaves this client closed (seen at its first call
+        # after the restart, which fails as ConnectionLost): open a new one.
+        try:
+            alive = self._connection.isAlive()
+        except libvirt.libvirtError:
+            alive = False
+        if not alive:
+            self._connection = self._open()
+        return self._connection
 
     def close(self) -> None:
         with libvirt_errors():
-            self._conn.close()
+            self._connection.close()
 
     def __enter__(self) -> Hypervisor:
         return self
