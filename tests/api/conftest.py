@@ -1,9 +1,8 @@
 import pytest
 from rest_framework.test import APIClient
 
-from cloud.models import Environment, Flavor, Image, VirtualMachine
 from tenants.models import ApiToken
-from tests.services.conftest import catalogue  # noqa: F401 - fixture
+from tests.services.conftest import catalogue, dev_environment  # noqa: F401 - fixture
 
 
 @pytest.fixture
@@ -25,13 +24,5 @@ def dev_env(make_team, catalogue, api_as):  # noqa: F811 - catalogue is the fixt
     has one running VM (nothing deployed yet); team beta exists beside it."""
     team, user = make_team("alpha")
     make_team("beta")
-    env = Environment.objects.create(team=team, name="dev", kind="dev")
-    VirtualMachine.objects.create(
-        environment=env,
-        name="dev-1",
-        host=catalogue,
-        state="running",
-        flavor=Flavor.objects.get(),
-        image=Image.objects.get(),
-    )
+    env = dev_environment(team, catalogue, "dev-1")
     return api_as(user), f"/api/v1/teams/alpha/environments/{env.pk}/"

@@ -8,9 +8,10 @@ import sys
 import pytest
 from django.urls import reverse
 
-from cloud.models import Environment, Flavor, Image, Job, Release, Service, VirtualMachine
+from cloud.models import Job, Release, Service
 from cloud.services import deployments
 from tenants.models import ApiToken
+from tests.services.conftest import dev_environment
 
 FULL = {
     "image": "alpha/web:1",
@@ -30,16 +31,7 @@ FULL = {
 def deployed(make_team, catalogue):
     """Service web in alpha's dev environment, deployed once with every field set."""
     team, user = make_team("alpha")
-    env = Environment.objects.create(team=team, name="dev", kind="dev")
-    for name in ("dev-1", "dev-2", "dev-3"):
-        VirtualMachine.objects.create(
-            environment=env,
-            name=name,
-            host=catalogue,
-            state="running",
-            flavor=Flavor.objects.get(),
-            image=Image.objects.get(),
-        )
+    env = dev_environment(team, catalogue, "dev-1", "dev-2", "dev-3")
     deployments.deploy(
         user=user, team=team, env_id=env.pk, service_name="web", replicas=3, **FULL
     )

@@ -4,7 +4,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from cloud.models import Flavor, Host, Image
+from cloud.models import Environment, Flavor, Host, Image, VirtualMachine
 from tests.foundation.factories import SHA
 
 
@@ -30,3 +30,18 @@ def catalogue():
     yield host
     # Jobs enqueued for this host's queue have no worker in these tests.
     redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(host.queue)
+
+
+def dev_environment(team, host, *vm_names: str) -> Environment:
+    """Team's dev environment with running VMs of the catalogue's flavor and image."""
+    env = Environment.objects.create(team=team, name="dev", kind="dev")
+    for name in vm_names:
+        VirtualMachine.objects.create(
+            environment=env,
+            name=name,
+            host=host,
+            state="running",
+            flavor=Flavor.objects.get(),
+            image=Image.objects.get(),
+        )
+    return env

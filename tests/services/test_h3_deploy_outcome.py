@@ -8,12 +8,10 @@ from cloud.models import (
     Deployment,
     DeploymentTarget,
     Environment,
-    Flavor,
-    Image,
     Job,
-    VirtualMachine,
 )
 from cloud.services import deployments
+from tests.services.conftest import dev_environment
 from workers import jobs
 
 pytestmark = pytest.mark.django_db
@@ -24,16 +22,7 @@ Outcome = DeploymentTarget.Outcome
 @pytest.fixture
 def dev(make_team, catalogue):
     team, user = make_team("alpha")
-    env = Environment.objects.create(team=team, name="dev", kind="dev")
-    for name in ("vm1", "vm2"):
-        VirtualMachine.objects.create(
-            environment=env,
-            name=name,
-            host=catalogue,
-            state="running",
-            flavor=Flavor.objects.get(),
-            image=Image.objects.get(),
-        )
+    env = dev_environment(team, catalogue, "vm1", "vm2")
     return team, user, env
 
 
