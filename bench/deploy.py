@@ -45,7 +45,7 @@ from tests.remote.servers import (  # noqa: E402 - needs the path above
     new_ed25519_key,
     remove_web_images,
 )
-from workers.remote import (  # noqa: E402
+from workers.drivers.guest import (  # noqa: E402
     ConnectionPool,
     HealthCheck,
     ServiceSpec,

@@ -4,7 +4,7 @@ one call to libvirt's test driver, so each does a real (if cheap) driver call.""
 import libvirt
 
 from workers.celery import app
-from workers.jobs import Plan, Step, register
+from workers.jobs.engine import Plan, Step, register
 
 
 def count_test_domains() -> int:

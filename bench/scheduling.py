@@ -127,7 +127,7 @@ def bench_jobs(n=1000, idle_runs=50):
     from bench.plans import bare
     from cloud.models import Job, JobState
     from tenants.models import Team
-    from workers import jobs
+    from workers.jobs import engine as jobs
 
     team = Team.objects.create(name=f"bench-{uuid.uuid4().hex[:6]}")
     queue = f"bench-{uuid.uuid4().hex[:6]}"

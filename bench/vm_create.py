@@ -11,7 +11,7 @@ guests on 2 cores would each run at half speed):
 - copy-on-write overlay creation on a small and a large base image, against
   a full copy of the large one.
 
-Run as root with libvirtd up and the image built (workers.images):
+Run as root with libvirtd up and the image built (workers.drivers.images):
     .venv/bin/python bench/vm_create.py [--quick]
 
 --quick (run by make test so the bench cannot rot): one control-plane run,
@@ -32,7 +32,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.hypervisor.storage_cleanup import remove_pools  # noqa: E402 - needs the path above
-from workers.hypervisor import (  # noqa: E402
+from workers.drivers.guest import Endpoint, load_private_key, wait_for_ssh  # noqa: E402
+from workers.drivers.hypervisor import (  # noqa: E402
     DomainSpec,
     Hypervisor,
     KernelBoot,
@@ -42,9 +43,8 @@ from workers.hypervisor import (  # noqa: E402
     find_free_loopback_ports,
     generate_ed25519_keypair,
 )
-from workers.hypervisor.domain_xml import user_netdev_argument  # noqa: E402
-from workers.images import build_debian_image  # noqa: E402
-from workers.remote import Endpoint, load_private_key, wait_for_ssh  # noqa: E402
+from workers.drivers.hypervisor.domain_xml import user_netdev_argument  # noqa: E402
+from workers.drivers.images import build_debian_image  # noqa: E402
 
 URI = "qemu:///system"
 BENCH_ROOT = Path("/var/lib/strata-test")

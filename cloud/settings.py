@@ -101,8 +101,10 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "cloud.views.base.portal_context",
+                "cloud.interfaces.portal.views.base.portal_context",
             ],
+            # The portal's tags live with the portal, not at the app's top level.
+            "libraries": {"portal": "cloud.interfaces.portal.templatetags.portal"},
         },
     },
 ]
@@ -158,7 +160,7 @@ X_FRAME_OPTIONS = "DENY"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "cloud.api.auth.BearerTokenAuthentication",
+        "cloud.interfaces.api.auth.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -166,7 +168,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "EXCEPTION_HANDLER": "cloud.api.exceptions.handle",
+    "EXCEPTION_HANDLER": "cloud.interfaces.api.exceptions.handle",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Strata API",

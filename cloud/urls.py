@@ -3,6 +3,6 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("api/", include("cloud.api.urls")),
-    path("", include("cloud.portal_urls")),
+    path("api/", include("cloud.interfaces.api.urls")),
+    path("", include("cloud.interfaces.portal.urls")),
 ]

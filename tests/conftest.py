@@ -77,9 +77,9 @@ def sshd_guest(tmp_path, make_team):
         new_ed25519_key,
         remove_web_images,
     )
-    from workers.hypervisor import Hypervisor
-    from workers.keys import manager_keypair
-    from workers.remote.services import LABEL_ENVIRONMENT_ID
+    from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
+    from workers.drivers.hypervisor import Hypervisor
+    from workers.jobs.keys import manager_keypair
 
     manager = manager_keypair()
     host_key = new_ed25519_key()

@@ -3,7 +3,7 @@ hostile corpus (tests/hostile_corpus.py).
 
 The endpoints are found, not listed: the API's from its OpenAPI schema (every
 POST, PUT, PATCH and DELETE with its body and query fields), the portal's from
-its URL configuration and the forms in ``cloud.forms``.  One that this module
+its URL configuration and the forms in ``cloud.interfaces.portal.forms``.  One that this module
 has no case for fails the test until it is taught, so a new endpoint or field
 cannot escape.  Each corpus value goes into one field of an otherwise valid
 request (checked to succeed on its own) and must answer 400 with the field's
@@ -31,7 +31,7 @@ from django.urls import reverse
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
-from cloud import forms as portal_forms
+from cloud.interfaces.portal import forms as portal_forms
 from cloud.models import (
     Deployment,
     Flavor,

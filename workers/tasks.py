@@ -4,7 +4,6 @@ import socket
 
 from django.utils import timezone
 
-import workers.steps  # noqa: F401 - registers the job plans
 from workers.celery import app
 
 
@@ -17,7 +16,7 @@ def ping(token: str) -> dict:
 @app.task(bind=True, name="strata.run_job", max_retries=None)
 def run_job(self, job_id: str) -> None:
     """Run or resume one job; the message carries only its id."""
-    from workers import jobs
+    from workers.jobs import engine as jobs
 
     try:
         jobs.run(job_id)
@@ -29,7 +28,7 @@ def run_job(self, job_id: str) -> None:
 def reconcile() -> int:
     """Beat's entry point: fan out one reconcile per enabled host, on its queue."""
     from cloud.models import Host
-    from workers.reconcile import resend_stuck_jobs
+    from workers.jobs.reconcile import resend_stuck_jobs
 
     resend_stuck_jobs()
     hosts = list(Host.objects.exclude(status=Host.Status.DISABLED))
@@ -40,7 +39,7 @@ def reconcile() -> int:
 
 @app.task(name="strata.reconcile_host", autoretry_for=(ConnectionError,), retry_backoff=True)
 def reconcile_host(host_id: int) -> dict:
-    from workers.reconcile import reconcile_host as run
+    from workers.jobs.reconcile import reconcile_host as run
 
     return run(host_id)
 
@@ -49,8 +48,8 @@ def reconcile_host(host_id: int) -> dict:
 def container_logs(container_id: int, tail: int, since: float | None) -> str:
     """A container's log tail, read from its VM's engine (the web layer never SSHes)."""
     from cloud.models import Container
-    from workers.remote import container_logs as read_logs
-    from workers.steps.vm import connect
+    from workers.drivers.guest import container_logs as read_logs
+    from workers.jobs.steps.vm import connect
 
     container = Container.objects.select_related("vm").get(pk=container_id)
     return read_logs(connect(container.vm).docker(), container.engine_id, tail=tail, since=since)
@@ -61,8 +60,8 @@ def container_stats(container_id: int) -> dict:
     from dataclasses import asdict
 
     from cloud.models import Container
-    from workers.remote import container_stats as sample
-    from workers.steps.vm import connect
+    from workers.drivers.guest import container_stats as sample
+    from workers.jobs.steps.vm import connect
 
     container = Container.objects.select_related("vm").get(pk=container_id)
     return asdict(sample(connect(container.vm).docker(), container.engine_id))

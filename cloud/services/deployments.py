@@ -27,10 +27,10 @@ from cloud.models import (
     VMState,
 )
 from tenants.models import AuditEvent, slug_name
-from workers import jobs
-from workers.remote import InvalidSpec, spread_replicas
-from workers.remote.references import ImageReference, parse_reference
-from workers.remote.services import HEALTH_LIMITS
+from workers.drivers.guest import InvalidSpec, spread_replicas
+from workers.drivers.guest.containers import HEALTH_LIMITS
+from workers.drivers.guest.references import ImageReference, parse_reference
+from workers.jobs import engine as jobs
 
 from .access import require_act
 from .environments import _take_lock, get_environment

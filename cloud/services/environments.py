@@ -9,10 +9,9 @@ enqueues the job's tasks on commit.  Nothing here waits for a VM.
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Sum
 
-import workers.steps  # noqa: F401 - registers the job plans
 from cloud.models import Environment, Flavor, Host, Image, Job, VirtualMachine, VMState
 from tenants.models import AuditEvent, Quota, slug_name
-from workers import jobs
+from workers.jobs import engine as jobs
 
 from .access import require_act, require_read
 from .errors import Busy, NotFound, QuotaExceeded, ValidationError

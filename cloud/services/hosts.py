@@ -5,8 +5,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from cloud.models import Host
-from workers.hypervisor import Hypervisor, HypervisorError
-from workers.hypervisor.virt_detect import VirtSupport
+from workers.drivers.hypervisor import Hypervisor, HypervisorError
+from workers.drivers.hypervisor.virt_detect import VirtSupport
 
 
 class HostUnavailable(Exception):

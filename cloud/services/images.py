@@ -1,7 +1,7 @@
-"""Registering guest images built by workers.images."""
+"""Registering guest images built by workers.drivers.images."""
 
 from cloud.models import Image
-from workers.images import BuiltImage
+from workers.drivers.images import BuiltImage
 
 
 def built_image_fields(built: BuiltImage) -> dict:

@@ -21,7 +21,7 @@ def strata(live_server, make_team, catalogue):
         env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": token}
         env.pop("STRATA_TEAM", None)
         return subprocess.run(
-            [sys.executable, "-m", "cloud.cli", "--interval", "0.1", *args],
+            [sys.executable, "-m", "cloud.interfaces.cli", "--interval", "0.1", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -71,7 +71,7 @@ def test_errors_name_the_field_and_exit_2(strata):
 def test_missing_settings_are_explained():
     env = {k: v for k, v in os.environ.items() if not k.startswith("STRATA_")}
     result = subprocess.run(
-        [sys.executable, "-m", "cloud.cli", "env", "list"],
+        [sys.executable, "-m", "cloud.interfaces.cli", "env", "list"],
         env=env,
         capture_output=True,
         text=True,
@@ -120,7 +120,7 @@ def test_secrets_from_stdin(live_server, make_team, catalogue):
 
     def run(*args, stdin=""):
         return subprocess.run(
-            [sys.executable, "-m", "cloud.cli", *args],
+            [sys.executable, "-m", "cloud.interfaces.cli", *args],
             env=env,
             input=stdin,
             capture_output=True,

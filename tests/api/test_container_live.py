@@ -9,7 +9,7 @@ import pytest
 from cloud.models import Container, Host, Secret
 from tenants.models import ApiToken, Membership
 from workers import tasks
-from workers.remote import ServiceSpec, start_container
+from workers.drivers.guest import ServiceSpec, start_container
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

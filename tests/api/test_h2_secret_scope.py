@@ -23,8 +23,8 @@ from cloud.models import (
 )
 from cloud.services import deployments, secrets
 from tenants.models import Membership
-from workers.jobs import mask
-from workers.steps.deploy import secret_values
+from workers.jobs.engine import mask
+from workers.jobs.steps.deploy import secret_values
 
 pytestmark = pytest.mark.django_db
 

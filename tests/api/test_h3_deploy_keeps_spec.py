@@ -106,7 +106,7 @@ def test_the_cli_sends_only_the_options_given(deployed, live_server):
     cli_env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
     cli_env.pop("STRATA_TEAM", None)
     done = subprocess.run(
-        [sys.executable, "-m", "cloud.cli", "deploy", "dev", "web", "alpha/web:5"],
+        [sys.executable, "-m", "cloud.interfaces.cli", "deploy", "dev", "web", "alpha/web:5"],
         env=cli_env,
         capture_output=True,
         text=True,

@@ -8,8 +8,8 @@ from cloud.models import Job, Release, Service
 from cloud.services.deployments import validate_spec
 from cloud.services.errors import ValidationError
 from tests.remote.servers import build_web_images, remove_web_images
-from workers.jobs import UserError
-from workers.steps.deploy import engine_image_id
+from workers.jobs.engine import UserError
+from workers.jobs.steps.deploy import engine_image_id
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,7 @@ import pytest
 from cloud.models import Job, Release, Secret
 from cloud.services import deployments
 from tenants.models import Membership
-from workers import jobs
+from workers.jobs import engine as jobs
 
 pytestmark = pytest.mark.django_db
 

@@ -26,11 +26,11 @@ import pytest
 from cryptography.fernet import Fernet
 
 from tests.hypervisor.storage_cleanup import remove_domains_in, remove_pools
-from workers.hypervisor import Hypervisor, SshKeyPair
-from workers.remote import Endpoint, SSHConnection, load_private_key
+from workers.drivers.guest import Endpoint, SSHConnection, load_private_key
+from workers.drivers.hypervisor import Hypervisor, SshKeyPair
 
 LIBVIRT_URI = "qemu:///system"
-# Where workers.images caches the built Debian image: a content-addressed cache
+# Where workers.drivers.images caches the built Debian image: a content-addressed cache
 # that is only read here, shared with other runs.
 IMAGE_DATA_DIR = Path(os.environ.get("STRATA_E2E_IMAGE_DATA_DIR", "/var/lib/strata"))
 # Outside /root and pytest's 0700 tmp dirs: QEMU runs as libvirt-qemu and must
@@ -151,7 +151,7 @@ def worker_factory(worker_factory, e2e_install):
 
 @pytest.fixture(scope="session")
 def guest_image():
-    from workers.images import build_debian_image
+    from workers.drivers.images import build_debian_image
 
     return build_debian_image(IMAGE_DATA_DIR)
 
@@ -237,7 +237,7 @@ def provision_shared_guest(install: E2eInstall, guest_image, hypervisor) -> Boot
     from cloud.services import environments
     from tenants.services import create_team
     from tests.support import database_url, kill_worker, start_worker
-    from workers.keys import manager_keypair
+    from workers.jobs.keys import manager_keypair
 
     user = get_user_model().objects.create_user(f"e2e-{install.run_id}", password="pw")
     team = create_team(f"e2e-{install.run_id}", user)

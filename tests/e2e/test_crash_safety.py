@@ -22,8 +22,8 @@ import pytest
 
 from cloud.models import Container, Job, JobStep, PortForward, VirtualMachine
 from cloud.services import environments
-from cloud.services.jobs import cancel_job
-from workers.hypervisor import VolumeKind
+from cloud.services.job_control import cancel_job
+from workers.drivers.hypervisor import VolumeKind
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -11,7 +11,7 @@ from cloud.models import Container, Environment, Job, JobStep
 from cloud.services import environments
 from tests.e2e.conftest import job_report, wait_for_job
 from tests.portal.test_browser import Browser, portal_server  # noqa: F401 - fixture
-from workers.jobs import create_job
+from workers.jobs.engine import create_job
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from workers.hypervisor import DomainState, NotFound, generate_ed25519_keypair
-from workers.remote import HostKeyMismatch
+from workers.drivers.guest import HostKeyMismatch
+from workers.drivers.hypervisor import DomainState, NotFound, generate_ed25519_keypair
 
 # The shared guest's records (made by the product) live in the test database.
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db]

@@ -14,9 +14,7 @@ import pytest
 from cloud.models import Flavor, Job, VirtualMachine
 from cloud.services import environments
 from tests.e2e.conftest import BOOT_TIMEOUT_SECONDS, job_report, wait_for_job
-from workers.hypervisor import DomainState
-from workers.keys import manager_keypair
-from workers.remote import (
+from workers.drivers.guest import (
     CommandFailed,
     HostKeyMismatch,
     RemoteError,
@@ -24,7 +22,9 @@ from workers.remote import (
     load_private_key,
     wait_for_ssh,
 )
-from workers.steps.vm import endpoint, hypervisor
+from workers.drivers.hypervisor import DomainState
+from workers.jobs.keys import manager_keypair
+from workers.jobs.steps.vm import endpoint, hypervisor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

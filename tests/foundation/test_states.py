@@ -1,7 +1,7 @@
 import pytest
 
 from cloud.models import Deployment, Job, VirtualMachine
-from cloud.states import DEPLOYMENT_MACHINE, JOB_MACHINE, VM_MACHINE, InvalidTransition
+from cloud.models.states import DEPLOYMENT_MACHINE, JOB_MACHINE, VM_MACHINE, InvalidTransition
 from tenants.models import Team
 from tests.foundation.factories import team_world
 

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from workers.hypervisor import DomainSpec, Hypervisor, KernelBoot, UserNetwork
+from workers.drivers.hypervisor import DomainSpec, Hypervisor, KernelBoot, UserNetwork
 
 # The test driver keeps no files; the paths only have to be valid.
 TEST_DATA_DIR = "/var/lib/strata-unit"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libvirt
 
-from workers.hypervisor import Hypervisor
+from workers.drivers.hypervisor import Hypervisor
 
 
 def remove_pools(hypervisor: Hypervisor) -> None:

@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from workers.hypervisor import (
+from workers.drivers.hypervisor import (
     InvalidSpec,
     KernelBoot,
     LibvirtNetwork,
@@ -16,7 +16,7 @@ from workers.hypervisor import (
     UserNetwork,
     build_domain_xml,
 )
-from workers.hypervisor.domain_xml import (
+from workers.drivers.hypervisor.domain_xml import (
     QEMU_NAMESPACE,
     STRATA_NAMESPACE,
     parse_metadata_element,

@@ -16,8 +16,8 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from workers.hypervisor import Hypervisor, InvalidSpec, build_domain_xml
-from workers.hypervisor.virt_detect import (
+from workers.drivers.hypervisor import Hypervisor, InvalidSpec, build_domain_xml
+from workers.drivers.hypervisor.virt_detect import (
     KVM_USABLE,
     QemuIdentity,
     cpu_virt_flags,

@@ -16,8 +16,8 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from workers.hypervisor import Hypervisor, OperationTimeout, VolumeKind
-from workers.hypervisor import driver as driver_module
+from workers.drivers.hypervisor import Hypervisor, OperationTimeout, VolumeKind
+from workers.drivers.hypervisor import driver as driver_module
 
 from .storage_cleanup import remove_pools
 from .test_qemu_system import TEST_ROOT, make_qcow2, qemu_img_info

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from workers.hypervisor import (
+from workers.drivers.hypervisor import (
     Hypervisor,
     InvalidSpec,
     StrataMetadata,

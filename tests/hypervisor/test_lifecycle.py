@@ -7,7 +7,7 @@ import uuid
 import libvirt
 import pytest
 
-from workers.hypervisor import (
+from workers.drivers.hypervisor import (
     ConnectionLost,
     DomainState,
     HostUnreachable,
@@ -19,7 +19,7 @@ from workers.hypervisor import (
     NotFound,
     StrataMetadata,
 )
-from workers.hypervisor.errors import translate
+from workers.drivers.hypervisor.errors import translate
 
 from .conftest import TEST_DATA_DIR, make_spec
 

@@ -19,14 +19,14 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from workers.hypervisor import (
+from workers.drivers.hypervisor import (
     HypervisorError,
     InvalidSpec,
     InvalidState,
     NotFound,
     build_domain_xml,
 )
-from workers.hypervisor.network import (
+from workers.drivers.hypervisor.network import (
     NETWORK_NAME_PREFIX,
     DhcpHost,
     DnsHost,
@@ -38,7 +38,7 @@ from workers.hypervisor.network import (
     default_dhcp_range,
     mac_address_for,
 )
-from workers.hypervisor.spec import LibvirtNetwork
+from workers.drivers.hypervisor.spec import LibvirtNetwork
 
 from .conftest import make_spec
 
@@ -406,7 +406,7 @@ def test_a_writer_racing_between_read_and_update_is_retried(driver, monkeypatch)
     """The race the threads above rarely hit, forced: another worker adds the
     same record after our read, so libvirt refuses our add; the driver reads
     again, finds the record and reports no change instead of failing."""
-    from workers.hypervisor import network as network_module
+    from workers.drivers.hypervisor import network as network_module
 
     driver.ensure(make_config(dns_hosts=()))
     record = DnsHost("10.77.1.11", ("api",))

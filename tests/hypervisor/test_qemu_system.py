@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from workers.hypervisor import (
+from workers.drivers.hypervisor import (
     DomainSpec,
     DomainState,
     Hypervisor,

@@ -10,7 +10,12 @@ import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 
-from workers.hypervisor import InvalidSpec, SeedConfig, build_seed_iso, generate_ed25519_keypair
+from workers.drivers.hypervisor import (
+    InvalidSpec,
+    SeedConfig,
+    build_seed_iso,
+    generate_ed25519_keypair,
+)
 
 HOST_KEY = generate_ed25519_keypair()
 CLIENT_KEY = generate_ed25519_keypair("strata-manager")

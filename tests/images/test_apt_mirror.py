@@ -1,6 +1,6 @@
 import pytest
 
-from workers.images.apt_mirror import MirrorNotFound, find_debian_mirror
+from workers.drivers.images.apt_mirror import MirrorNotFound, find_debian_mirror
 
 MIRROR = "http://mirror.example/debian"
 DEB822 = """\

@@ -2,8 +2,8 @@ import hashlib
 
 import pytest
 
-from workers.images import ChecksumMismatch, normalize_sha256, sha256_file, verify_sha256
-from workers.images.checksum import CHUNK_BYTES
+from workers.drivers.images import ChecksumMismatch, normalize_sha256, sha256_file, verify_sha256
+from workers.drivers.images.checksum import CHUNK_BYTES
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from django.db import IntegrityError
 
 from cloud.models import Image
 from tests.images.test_debian_builder import RECIPE, publish_fake_cache_entry
-from workers.images import sha256_file
+from workers.drivers.images import sha256_file
 
 pytestmark = pytest.mark.django_db
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from django.conf import settings
 
-from workers.images import build_debian_image, inspect_image, sha256_file
+from workers.drivers.images import build_debian_image, inspect_image, sha256_file
 
 pytestmark = pytest.mark.e2e
 

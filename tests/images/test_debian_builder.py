@@ -9,9 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from workers.images import DebianRecipe, ImageBuildError, build_debian_image, load_cached_image
-from workers.images import debian as debian_builder
-from workers.images.filesystem import mounts_under
+from workers.drivers.images import (
+    DebianRecipe,
+    ImageBuildError,
+    build_debian_image,
+    load_cached_image,
+)
+from workers.drivers.images import debian as debian_builder
+from workers.drivers.images.filesystem import mounts_under
 
 RECIPE = DebianRecipe()
 UNUSED_MIRROR = "http://mirror.invalid/debian"

@@ -2,8 +2,8 @@ import subprocess
 
 import pytest
 
-from workers.images import ImageBuildError, filesystem
-from workers.images.filesystem import mounts_under, remove_tree
+from workers.drivers.images import ImageBuildError, filesystem
+from workers.drivers.images.filesystem import mounts_under, remove_tree
 
 
 @pytest.fixture

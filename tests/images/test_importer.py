@@ -2,14 +2,14 @@ import os
 
 import pytest
 
-from workers.images import (
+from workers.drivers.images import (
     ChecksumMismatch,
     ImageError,
     ImageRejected,
     import_image_file,
     sha256_file,
 )
-from workers.images.importer import validate_image_name
+from workers.drivers.images.importer import validate_image_name
 
 
 @pytest.fixture

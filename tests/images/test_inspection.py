@@ -6,8 +6,8 @@ import subprocess
 import pytest
 
 from tests.images.conftest import MIB, make_qcow2
-from workers.images import ImageRejected, inspect_image
-from workers.images.inspection import check_qemu_img_info
+from workers.drivers.images import ImageRejected, inspect_image
+from workers.drivers.images.inspection import check_qemu_img_info
 
 
 def rejection(path, **kwargs) -> str:
@@ -192,7 +192,9 @@ def test_qemu_img_info_answer_of_a_clean_image_passes(clean_qcow2):
 
 def test_unusable_qemu_img_output_is_refused(monkeypatch, clean_qcow2):
     # Fault injection: a qemu-img that prints garbage cannot be had for real.
-    monkeypatch.setattr("workers.images.inspection.run_limited", lambda args, limits: "{oops")
+    monkeypatch.setattr(
+        "workers.drivers.images.inspection.run_limited", lambda args, limits: "{oops"
+    )
     assert "no valid JSON" in rejection(clean_qcow2)
-    monkeypatch.setattr("workers.images.inspection.run_limited", lambda args, limits: "[]")
+    monkeypatch.setattr("workers.drivers.images.inspection.run_limited", lambda args, limits: "[]")
     assert "no JSON object" in rejection(clean_qcow2)

@@ -5,7 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from workers.images import LimitedCommandError, LimitedCommandTimeout, ResourceLimits, run_limited
+from workers.drivers.images import (
+    LimitedCommandError,
+    LimitedCommandTimeout,
+    ResourceLimits,
+    run_limited,
+)
 
 MIB = 1024**2
 ALLOCATE_512_MIB = [sys.executable, "-c", "block = bytearray(512 * 1024 * 1024)"]

@@ -18,8 +18,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from workers.jobs import PLANS, Step, register
-from workers.steps import vm as vm_steps
+from workers.jobs.engine import PLANS, Step, register
+from workers.jobs.steps import vm as vm_steps
 
 CONTROL = Path(os.environ["STRATA_CRASH_CONTROL"])
 # Long enough for any test to act; a gate never holds a worker for ever.

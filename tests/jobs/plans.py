@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from workers.jobs import Plan, Step, StepContext, register
+from workers.jobs.engine import Plan, Step, StepContext, register
 
 
 class Flaky(Exception):

@@ -9,7 +9,7 @@ import pytest
 import tests.jobs.plans  # noqa: F401 - registers the test plans
 from cloud.models import Environment, Job, JobStep
 from tenants.models import AuditEvent
-from workers import jobs
+from workers.jobs import engine as jobs
 
 pytestmark = pytest.mark.django_db
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 import tests.jobs.plans  # noqa: F401 - registers the test plans
 from cloud.models import Job
 from tests.jobs.test_engine import wait_for
-from workers import jobs
+from workers.jobs import engine as jobs
 
 pytestmark = pytest.mark.django_db
 

@@ -17,8 +17,8 @@ import tests.jobs.plans  # noqa: F401 - registers the test plans
 from cloud.models import Job, JobStep
 from tests.jobs import test_engine
 from tests.jobs.test_engine import runs, wait_for
-from workers import jobs
-from workers.reconcile import resend_stuck_jobs
+from workers.jobs import engine as jobs
+from workers.jobs.reconcile import resend_stuck_jobs
 
 pytestmark = pytest.mark.django_db
 

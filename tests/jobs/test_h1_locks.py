@@ -13,13 +13,13 @@ import tests.jobs.plans  # noqa: F401 - registers the test plans
 from cloud.models import Deployment, Environment, Job, Release, Service, VirtualMachine
 from cloud.services import environments
 from cloud.services.errors import Busy
-from cloud.services.jobs import cancel_job
+from cloud.services.job_control import cancel_job
 from tenants.models import AuditEvent
 from tests.api import conftest as api_fixtures
 from tests.jobs import test_engine
 from tests.jobs.test_engine import runs, wait_for
 from tests.services import conftest as service_fixtures
-from workers import jobs
+from workers.jobs import engine as jobs
 
 pytestmark = pytest.mark.django_db
 

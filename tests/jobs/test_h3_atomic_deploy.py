@@ -27,8 +27,8 @@ from cloud.services import deployments
 from tenants.models import Membership
 from tests.remote.servers import KeyPair, Sshd, new_ed25519_key, wait_for
 from workers import tasks
-from workers.keys import manager_keypair
-from workers.remote import list_containers
+from workers.drivers.guest import list_containers
+from workers.jobs.keys import manager_keypair
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

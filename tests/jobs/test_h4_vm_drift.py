@@ -13,9 +13,9 @@ from cloud.models import Environment, Job, VirtualMachine
 from cloud.services import environments
 from tests.foundation.factories import catalogue
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
-from workers import jobs
-from workers.hypervisor import DomainState, Hypervisor, HypervisorError
-from workers.reconcile import reconcile_host
+from workers.drivers.hypervisor import DomainState, Hypervisor, HypervisorError
+from workers.jobs import engine as jobs
+from workers.jobs.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.django_db(transaction=True)]
 

@@ -15,8 +15,8 @@ from cloud.models import Orphan
 from tenants.models import AuditEvent
 from tests.foundation.factories import catalogue
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
-from workers.hypervisor import Hypervisor, HypervisorError, NotFound
-from workers.reconcile import reconcile_host
+from workers.drivers.hypervisor import Hypervisor, HypervisorError, NotFound
+from workers.jobs.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.django_db, pytest.mark.libvirt]
 
@@ -105,7 +105,7 @@ def test_an_orphan_not_named_like_a_vm_is_kept_logged_and_not_audited(drivers, s
     odd = make_spec(name="hand-made", uuid=str(uuid.uuid4()), vm_id="9")
     drivers["alpha"].define(odd)
     try:
-        with caplog.at_level(logging.WARNING, logger="workers.reconcile"):
+        with caplog.at_level(logging.WARNING, logger="workers.jobs.reconcile"):
             assert sweep(host.pk) == {"seen": 1, "removed": 0}
         assert "hand-made" in present(drivers["alpha"])
         assert not AuditEvent.objects.filter(action="orphan.removed").exists()
@@ -132,7 +132,7 @@ def test_an_orphan_that_cannot_be_removed_is_not_audited(drivers, settings, capl
 
     monkeypatch.setattr(Hypervisor, "destroy", destroy)
     try:
-        with caplog.at_level(logging.WARNING, logger="workers.reconcile"):
+        with caplog.at_level(logging.WARNING, logger="workers.jobs.reconcile"):
             assert sweep(host.pk) == {"seen": 2, "removed": 1}
         assert stuck in present(drivers["alpha"]) and fine not in present(drivers["alpha"])
         assert [e.details["name"] for e in AuditEvent.objects.filter(action="orphan.removed")] == [

@@ -3,9 +3,8 @@ effect and the step's DONE write: the step runs again and the job goes on."""
 
 import pytest
 
-import workers.steps  # noqa: F401 - registers the plans
 from cloud.models import Job
-from workers import jobs
+from workers.jobs import engine as jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

@@ -23,7 +23,7 @@ import tests.jobs.plans  # noqa: F401 - registers the test plans
 from cloud.models import Environment, Flavor, Image, Job, JobState, VirtualMachine
 from cloud.services import deployments
 from tests.services import conftest as service_fixtures
-from workers import jobs
+from workers.jobs import engine as jobs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,8 +11,8 @@ from cloud.models import Host, Job, Orphan, VirtualMachine, VMSample
 from tenants.models import AuditEvent
 from tests.foundation.factories import team_world
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
-from workers.hypervisor import DomainState, Hypervisor
-from workers.reconcile import reconcile_host, resend_stuck_jobs
+from workers.drivers.hypervisor import DomainState, Hypervisor
+from workers.jobs.reconcile import reconcile_host, resend_stuck_jobs
 
 pytestmark = [pytest.mark.django_db, pytest.mark.libvirt]
 
@@ -124,7 +124,7 @@ def test_running_vms_are_sampled_and_old_samples_pruned(hv, vm):
 
 
 def test_cpu_percent_is_the_cpu_time_delta_over_wall_time_and_vcpus():
-    from workers.reconcile import cpu_percent
+    from workers.jobs.reconcile import cpu_percent
 
     now = timezone.now()
     before = VMSample(at=now - timedelta(seconds=10), cpu_time_ns=5 * 10**9)

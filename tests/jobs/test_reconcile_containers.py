@@ -9,9 +9,9 @@ from django.utils import timezone
 
 from cloud.models import Container, Orphan, Release, Service
 from tenants.models import AuditEvent
-from workers.reconcile import reconcile_host
-from workers.remote import ServiceSpec, start_container
-from workers.remote.services import LABEL_SERVICE_ID
+from workers.drivers.guest import ServiceSpec, start_container
+from workers.drivers.guest.containers import LABEL_SERVICE_ID
+from workers.jobs.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.libvirt]
 

@@ -6,7 +6,7 @@ import re
 import pytest
 from django.urls import reverse
 
-from cloud.forms import CreateEnvironmentForm, DeployForm, SnapshotForm, TokenForm
+from cloud.interfaces.portal.forms import CreateEnvironmentForm, DeployForm, SnapshotForm, TokenForm
 from cloud.models import Environment, Job, JobState, VirtualMachine, VMState
 from tenants.models import AuditEvent, Quota
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import docker
 import pytest
 
-from workers.remote import SSHConnection
-from workers.remote.services import LABEL_ENVIRONMENT_ID
+from workers.drivers.guest import SSHConnection
+from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
 
 from .servers import (
     HOST_DOCKER_SOCKET,

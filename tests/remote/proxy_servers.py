@@ -17,9 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from workers.hypervisor.ports import find_free_loopback_ports
-from workers.remote.errors import RemoteError
-from workers.remote.proxy import (
+from workers.drivers.guest.errors import RemoteError
+from workers.drivers.guest.proxy import (
     MasterCLI,
     MasterState,
     ProxyConfig,
@@ -27,7 +26,8 @@ from workers.remote.proxy import (
     haproxy_argv,
     render_config,
 )
-from workers.remote.proxy import unix_socket_transport as unix_transport
+from workers.drivers.guest.proxy import unix_socket_transport as unix_transport
+from workers.drivers.hypervisor.ports import find_free_loopback_ports
 
 LOOPBACK = "127.0.0.1"
 HEALTH_PATH = "/healthz"

@@ -23,8 +23,8 @@ from pathlib import Path
 import docker
 import paramiko
 
-from workers.hypervisor import generate_ed25519_keypair
-from workers.remote import Endpoint
+from workers.drivers.guest import Endpoint
+from workers.drivers.hypervisor import generate_ed25519_keypair
 
 SSHD = "/usr/sbin/sshd"
 DOCKERD = shutil.which("dockerd") or "/usr/sbin/dockerd"

@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from workers.remote import HealthCheck, InvalidSpec, RolloutFailed, ServiceSpec, roll_out
-from workers.remote.services import list_containers
+from workers.drivers.guest import HealthCheck, InvalidSpec, RolloutFailed, ServiceSpec, roll_out
+from workers.drivers.guest.containers import list_containers
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 import docker
 import pytest
 
-from workers.remote import (
+from workers.drivers.guest import (
     ImageShipFailed,
     RegistryAuth,
     SSHConnection,
@@ -105,7 +105,7 @@ def test_pull_failure_is_typed_and_hides_the_password(second_target):
 def test_load_of_a_corrupt_stream_fails_typed(second_target, local_engine, web_images, monkeypatch):
     # Fault injection: a layer the target "has" vanishes between the check
     # and the load, so the empty placeholder is read and rejected.
-    from workers.remote import images
+    from workers.drivers.guest import images
 
     v1, v2 = web_images
     engine = second_target.docker()

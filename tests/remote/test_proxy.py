@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from workers.remote.proxy import (
+from workers.drivers.guest.proxy import (
     HealthCheck,
     ProxyConfig,
     ProxyConfigError,

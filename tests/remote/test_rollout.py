@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from workers.remote import (
+from workers.drivers.guest import (
     HealthCheck,
     HealthCheckFailed,
     InvalidSpec,
@@ -20,7 +20,7 @@ from workers.remote import (
     roll_out,
     spread_replicas,
 )
-from workers.remote import rollout as rollout_module
+from workers.drivers.guest import rollout as rollout_module
 
 from .servers import free_loopback_port
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from workers.remote import (
+from workers.drivers.guest import (
     HealthCheck,
     HealthCheckFailed,
     InvalidSpec,
@@ -17,7 +17,11 @@ from workers.remote import (
     stop_container,
     wait_healthy,
 )
-from workers.remote.services import LABEL_ENVIRONMENT_ID, LABEL_RELEASE_ID, LABEL_SERVICE_ID
+from workers.drivers.guest.containers import (
+    LABEL_ENVIRONMENT_ID,
+    LABEL_RELEASE_ID,
+    LABEL_SERVICE_ID,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from workers.remote import (
+from workers.drivers.guest import (
     CommandFailed,
     CommandTimeout,
     ConnectionPool,

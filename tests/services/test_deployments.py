@@ -54,7 +54,7 @@ def deploy(team, user, environment, **overrides):
 
 def succeed(job):
     """Mark a deploy job and its deployment done, as the worker would."""
-    from workers.jobs import finish
+    from workers.jobs.engine import finish
 
     Job.objects.filter(pk=job.pk).update(state="running")
     Job.objects.filter(parent=job).update(state="succeeded")

@@ -12,7 +12,7 @@ from cloud.models import (
 )
 from cloud.services import deployments
 from tests.services.conftest import dev_environment
-from workers import jobs
+from workers.jobs import engine as jobs
 
 pytestmark = pytest.mark.django_db
 

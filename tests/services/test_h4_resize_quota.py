@@ -12,8 +12,8 @@ from cloud.services import environments
 from cloud.services.errors import Busy, QuotaExceeded, ValidationError
 from tenants.models import ApiToken, Quota
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
-from workers import jobs
-from workers.hypervisor import Hypervisor
+from workers.drivers.hypervisor import Hypervisor
+from workers.jobs import engine as jobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 

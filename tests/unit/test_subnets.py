@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloud.subnets import PoolExhausted, PoolMisconfigured, allocate_subnet
+from cloud.services.subnets import PoolExhausted, PoolMisconfigured, allocate_subnet
 
 POOL = "10.77.0.0/16"
 

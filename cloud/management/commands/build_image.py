@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from cloud.models import Image
 from cloud.services.images import built_image_fields
-from workers.images import DebianRecipe, ImageError, build_debian_image
+from workers.drivers.images import DebianRecipe, ImageError, build_debian_image
 
 RECIPES = {"debian-12": DebianRecipe()}
 

@@ -10,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError, transaction
 
 from cloud.models import Image
-from workers.images import (
+from workers.drivers.images import (
     DEFAULT_MAX_VIRTUAL_SIZE_BYTES,
     ChecksumMismatch,
     ImageError,

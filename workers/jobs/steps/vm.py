@@ -1,0 +1,304 @@
+"""Provisioning, destroying and operating one VM, as named idempotent steps.
+
+Every step re-reads the VM and asks the hypervisor what already exists, so a
+job redelivered after a crash repeats at most the step it was in.
+"""
+
+import contextlib
+import time
+from functools import cache
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from cloud.models import PortForward, VirtualMachine, VMState
+from workers.drivers.guest import (
+    ConnectionPool,
+    Endpoint,
+    SSHConnection,
+    SSHUnreachable,
+    load_private_key,
+    wait_for_ssh,
+)
+from workers.drivers.hypervisor import (
+    DomainSpec,
+    Hypervisor,
+    KernelBoot,
+    SeedConfig,
+    SshKeyPair,
+    UserNetwork,
+    build_seed_iso,
+    generate_ed25519_keypair,
+)
+from workers.drivers.hypervisor import (
+    PortForward as Forward,
+)
+from workers.drivers.hypervisor.errors import HypervisorError
+from workers.drivers.hypervisor.ports import claim_loopback_port
+from workers.jobs.engine import Plan, Step, StepContext, UserError, register
+from workers.jobs.keys import manager_keypair
+
+SSH_PORT = 22
+CONSOLE_TAIL_LINES = 15
+
+
+def vm_of(ctx: StepContext) -> VirtualMachine:
+    return VirtualMachine.objects.select_related("host", "flavor", "image", "environment").get(
+        pk=ctx.job.vm_id
+    )
+
+
+@contextlib.contextmanager
+def hypervisor(vm: VirtualMachine):
+    with Hypervisor(
+        vm.host.libvirt_uri,
+        settings.STRATA_DATA_DIR,
+        pool_name=settings.STRATA_STORAGE_POOL,
+        virt_type=vm.host.virt_type,
+        installation_id=settings.STRATA_INSTALLATION_ID,
+    ) as hv:
+        yield hv
+
+
+@cache
+def ssh_pool() -> ConnectionPool:
+    """One pool per worker process, so a job's steps share one SSH connection per VM."""
+    return ConnectionPool(load_private_key(manager_keypair().private_openssh))
+
+
+def endpoint(vm: VirtualMachine) -> Endpoint:
+    """The VM's sshd on its loopback forward, with the host key pinned at provisioning."""
+    return Endpoint("127.0.0.1", vm.ssh_port or ssh_port(vm), "root", vm.host_key_public)
+
+
+def connect(vm: VirtualMachine) -> SSHConnection:
+    return ssh_pool().get(endpoint(vm))
+
+
+def ssh_port(vm: VirtualMachine) -> int | None:
+    forward = PortForward.objects.filter(vm=vm, guest_port=SSH_PORT).first()
+    return forward.host_port if forward else None
+
+
+def forward_port(vm: VirtualMachine, guest_port: int) -> PortForward:
+    """The VM's forward to ``guest_port``, given a free host port once; safe
+    when jobs on the same host allocate at the same time."""
+    existing = PortForward.objects.filter(vm=vm, guest_port=guest_port).first()
+    if existing is not None:
+        return existing
+
+    def claim(port: int) -> bool:
+        try:
+            with transaction.atomic():
+                PortForward.objects.create(
+                    host=vm.host, host_port=port, vm=vm, guest_port=guest_port
+                )
+        except IntegrityError:
+            # Another job took the port, or another run of this job made the forward.
+            return PortForward.objects.filter(vm=vm, guest_port=guest_port).exists()
+        return True
+
+    def taken() -> set[int]:
+        return set(PortForward.objects.filter(host=vm.host).values_list("host_port", flat=True))
+
+    try:
+        claim_loopback_port(claim, taken)
+    except HypervisorError as exc:
+        raise UserError(f"no free loopback port on {vm.host} for {vm.name}:{guest_port}") from exc
+    return PortForward.objects.get(vm=vm, guest_port=guest_port)
+
+
+def console_tail(hv: Hypervisor, vm: VirtualMachine) -> str:
+    path = Path(hv.console_log_path(vm.domain_name))
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no console output)"
+    return "\n".join(lines[-CONSOLE_TAIL_LINES:])
+
+
+# --- provision ----------------------------------------------------------------
+
+
+def reserve(ctx: StepContext) -> None:
+    """Pick the loopback port for SSH and the guest's host key, once."""
+    vm = vm_of(ctx)
+    if vm.state == VMState.SCHEDULED:
+        vm.move_to(VMState.PROVISIONING)
+    if ssh_port(vm) is None:
+        forward_port(vm, SSH_PORT)
+    if not vm.host_key_public:
+        pair = generate_ed25519_keypair(f"strata-{vm.uuid}")
+        vm.host_key_public, vm.host_key_private = pair.public_openssh, pair.private_openssh
+        vm.save(update_fields=["host_key_public", "host_key_private", "updated_at"])
+    ctx.log(f"ssh forward 127.0.0.1:{ssh_port(vm)} -> guest :22; host key pinned")
+
+
+def base_volume_name(vm: VirtualMachine) -> str:
+    # Named by content: a rebuilt image under the same name is another base, so
+    # disks made from the old one keep their backing file.
+    return f"{vm.image.name}-{vm.image.sha256[:16]}"
+
+
+def create_disk(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    base = base_volume_name(vm)
+    with hypervisor(vm) as hv:
+        hv.ensure_storage()
+        hv.import_base_image(base, vm.image.path)
+        path = hv.create_disk(vm.domain_name, base, vm.flavor.disk_gb)
+    ctx.log(f"disk {path}: copy-on-write over {base}, {vm.flavor.disk_gb} GiB")
+
+
+def write_seed(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    seed = SeedConfig(
+        instance_id=str(vm.uuid),
+        hostname=vm.name,
+        authorized_keys=(manager_keypair().public_openssh,),
+        host_key=SshKeyPair(vm.host_key_private, vm.host_key_public),
+    ).validate()
+    with hypervisor(vm) as hv:
+        path = hv.write_seed(vm.domain_name, build_seed_iso(seed))
+    ctx.log(f"cloud-init seed {path}")
+
+
+def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
+    published = PortForward.objects.filter(vm=vm).exclude(guest_port=SSH_PORT).order_by("pk")
+    forwards = UserNetwork(
+        ssh_host_port=ssh_port(vm),
+        forwards=tuple(Forward(f.host_port, f.guest_port) for f in published),
+    )
+    kernel = None
+    if vm.image.kernel_path:
+        kernel = KernelBoot(
+            vm.image.kernel_path, vm.image.initrd_path or None, vm.image.kernel_cmdline
+        )
+    return DomainSpec(
+        name=vm.domain_name,
+        uuid=str(vm.uuid),
+        vm_id=str(vm.pk),
+        environment_id=str(vm.environment_id),
+        vcpus=vm.flavor.vcpus,
+        memory_mib=vm.flavor.memory_mb,
+        disk_path=hv.disk_path(vm.domain_name),
+        console_log_path=hv.console_log_path(vm.domain_name),
+        network=forwards,
+        seed_path=hv.seed_path(vm.domain_name),
+        virt_type=vm.host.virt_type,
+        cpu_mode=vm.host.cpu_mode,
+        kernel_boot=kernel,
+    ).validate()
+
+
+def define(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    with hypervisor(vm) as hv:
+        hv.define(domain_spec(vm, hv))
+    ctx.log(f"domain {vm.domain_name} defined ({vm.host.virt_type})")
+
+
+def start(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    with hypervisor(vm) as hv:
+        hv.start(str(vm.uuid))
+    VirtualMachine.objects.filter(pk=vm.pk).update(started_at=timezone.now())
+    ctx.log("started")
+
+
+def wait_ssh(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    port = ssh_port(vm)
+    key = load_private_key(manager_keypair().private_openssh)
+    try:
+        wait_for_ssh(endpoint(vm), key, timeout=settings.STRATA_SSH_READY_SECONDS).close()
+    except SSHUnreachable as exc:
+        # Not transient here: a guest that did not come up in the bounded time
+        # fails this step with what its console said last.
+        with hypervisor(vm) as hv:
+            console = console_tail(hv, vm)
+        raise UserError(
+            f"no SSH on 127.0.0.1:{port} after {settings.STRATA_SSH_READY_SECONDS} s "
+            f"({exc}); console:\n{console}"
+        ) from exc
+    VirtualMachine.objects.filter(pk=vm.pk).update(ssh_host="127.0.0.1", ssh_port=port)
+    ctx.log(f"ssh ready on 127.0.0.1:{port}, host key matches the pinned one")
+
+
+def check_docker(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    deadline = time.monotonic() + settings.STRATA_DOCKER_READY_SECONDS
+    while True:
+        result = connect(vm).run(
+            ["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30, check=False
+        )
+        output = (result.stdout + result.stderr).decode(errors="replace").strip()
+        if result.exit_status == 0:
+            break
+        if time.monotonic() > deadline:
+            raise UserError(f"docker is not answering in the guest: {output[-500:]}")
+        time.sleep(2)
+    if vm.state != VMState.RUNNING:  # a re-run after a crash past this point
+        vm.move_to(VMState.RUNNING, error="")
+    ctx.log(f"docker {output} answering; VM running")
+
+
+def undo_provision(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    with hypervisor(vm) as hv:
+        hv.destroy(vm.domain_name, str(vm.uuid))
+    PortForward.objects.filter(vm=vm).delete()
+    if vm.state != VMState.ERROR:
+        vm.move_to(VMState.ERROR, error=ctx.job.error or "provisioning failed")
+    ctx.log("domain, disk, seed, console log and port forwards removed")
+
+
+def discard_provision(job, reason: str) -> None:
+    """A provisioning cancelled before it started made nothing on the host."""
+    vm = VirtualMachine.objects.filter(pk=job.vm_id, state=VMState.SCHEDULED).first()
+    if vm is not None:
+        vm.move_to(VMState.ERROR, error=reason)
+
+
+register(
+    Plan(
+        "provision_vm",
+        (
+            Step("reserve", reserve),
+            Step("create disk", create_disk),
+            Step("write seed", write_seed),
+            Step("define", define),
+            Step("start", start),
+            Step("wait for ssh", wait_ssh),
+            Step("check docker", check_docker),
+        ),
+        compensate=undo_provision,
+        discard=discard_provision,
+    )
+)
+
+
+# --- destroy ------------------------------------------------------------------
+
+
+def destroy_domain(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    if vm.state not in (VMState.DELETING, VMState.DELETED):
+        vm.move_to(VMState.DELETING)
+    with hypervisor(vm) as hv:
+        hv.destroy(vm.domain_name, str(vm.uuid))
+    ctx.log("domain undefined; disk, seed and console log deleted")
+
+
+def release(ctx: StepContext) -> None:
+    vm = vm_of(ctx)
+    PortForward.objects.filter(vm=vm).delete()
+    vm.containers.all().delete()
+    if vm.state != VMState.DELETED:
+        vm.move_to(VMState.DELETED)
+    ctx.log("port forwards released; quota freed")
+
+
+register(Plan("destroy_vm", (Step("destroy domain", destroy_domain), Step("release", release))))

@@ -1,3 +1,0 @@
-"""Job plans: each module registers the named steps of some job kinds."""
-
-from workers.steps import deploy, environment, vm, vm_ops  # noqa: F401 - registration
