@@ -20,4 +20,5 @@ export CELERY_BROKER_URL=${CELERY_BROKER_URL:-redis://127.0.0.1:6379/15}
 export STRATA_HTTPS=false
 
 .venv/bin/ruff check .
+.venv/bin/lint-imports
 exec .venv/bin/pytest "$@"
