@@ -14,6 +14,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 from django.conf import settings
 
 from cloud.models import Container
+from workers.jobs import queue
 
 from .access import require_read
 from .errors import NotFound, ValidationError
@@ -44,13 +45,9 @@ def get_container(user, team, container_id) -> Container:
 
 
 def _ask(task, container: Container, *args):
-    from workers import tasks
-
     wait = settings.STRATA_LIVE_READ_SECONDS
     retry_after = max(1, math.ceil(wait))
-    result = getattr(tasks, task).apply_async(
-        args=[container.pk, *args], queue=container.vm.host.queue, expires=wait
-    )
+    result = queue.send(task, [container.pk, *args], queue=container.vm.host.queue, expires=wait)
     try:
         return result.get(timeout=wait)
     except CeleryTimeout as exc:
@@ -70,8 +67,8 @@ def logs(*, user, team, container_id, tail=100, since=None) -> str:
         raise ValidationError({"tail": [f"must be a whole number from 1 to {MAX_TAIL}"]})
     if since is not None and (not isinstance(since, int | float) or since < 0):
         raise ValidationError({"since": ["must be a UNIX time"]})
-    return mask_for(container.vm.environment, _ask("container_logs", container, tail, since))
+    return mask_for(container.vm.environment, _ask("strata.container_logs", container, tail, since))
 
 
 def stats(*, user, team, container_id) -> dict:
-    return _ask("container_stats", get_container(user, team, container_id))
+    return _ask("strata.container_stats", get_container(user, team, container_id))

@@ -15,7 +15,7 @@ from django.db import IntegrityError, transaction
 
 from cloud.models import Environment, EnvironmentKind, Secret
 from tenants.models import AuditEvent, slug_name
-from workers.jobs.engine import mask
+from workers.jobs.masking import mask
 
 from .access import require_act, require_read
 from .errors import NotFound, ValidationError

@@ -23,7 +23,7 @@ from cloud.models import (
 )
 from cloud.services import deployments, secrets
 from tenants.models import Membership
-from workers.jobs.engine import mask
+from workers.jobs.masking import mask
 from workers.jobs.steps.deploy import secret_values
 
 pytestmark = pytest.mark.django_db

@@ -10,6 +10,7 @@ import tests.jobs.plans  # noqa: F401 - registers the test plans
 from cloud.models import Environment, Job, JobStep
 from tenants.models import AuditEvent
 from workers.jobs import engine as jobs
+from workers.jobs.masking import mask
 
 pytestmark = pytest.mark.django_db
 
@@ -118,7 +119,7 @@ def test_a_finished_job_is_not_run_again(new_job, control):
 def test_secrets_and_private_keys_are_masked():
     key = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----"
     text = f"key {key} pw hunter2"
-    masked = jobs.mask(text, {"hunter2"})
+    masked = mask(text, {"hunter2"})
     assert "AAAA" not in masked and "hunter2" not in masked
     assert "[private key hidden]" in masked and "********" in masked
 

@@ -61,7 +61,7 @@ def enqueued_ids(callbacks):
     from unittest import mock
 
     sent = []
-    with mock.patch("workers.tasks.run_job.apply_async") as send:
+    with mock.patch("workers.jobs.queue.app.send_task") as send:
         for callback in callbacks:
             callback()
         sent = [call.kwargs["args"][0] for call in send.call_args_list]

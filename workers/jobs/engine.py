@@ -8,8 +8,8 @@ other error fails the job at once, and the plan's compensation undoes what
 earlier steps made.  Cancellation is honoured at step boundaries; a job that
 has not started is cancelled at once.
 
-One run at a time: a run takes the job's lease (owner, expiry, fencing token)
-and a thread renews it while the steps run.  Another delivery of the job (a
+One run at a time: a run takes the job's lease (``workers.jobs.lease``) and a
+thread renews it while the steps run.  Another delivery of the job (a
 Redis redelivery, the stuck-job resender) finds the lease alive, runs nothing
 and comes back once it would have expired: if the owner died, it takes over
 and resumes.  Every write of step state, log, progress and outcome checks the
@@ -33,25 +33,29 @@ engine) is transient: the run gives the job back and is delivered again.
 from __future__ import annotations
 
 import logging
-import os
 import random
-import re
-import socket
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from django.conf import settings
 from django.db import Error as DatabaseError
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from cloud.models import Environment, Job, JobState, JobStep
 from tenants.models import AuditEvent, Team
+from workers.jobs.lease import (
+    NO_LEASE,
+    Lease,
+    LeaseLost,
+    lease_expiry,
+    lease_owner,
+    locked,
+)
+from workers.jobs.masking import mask
+from workers.jobs.queue import enqueue
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +100,6 @@ class RetryLater(Exception):
         self.countdown = countdown
 
 
-class LeaseLost(Exception):
-    """Another run has taken this job over: this one must stop without writing."""
-
-
 # PostgreSQL's deadlock_detected and serialization_failure: it rolled the
 # transaction back, and running it again succeeds.
 _LOCK_CONFLICTS = {"40P01", "40001"}
@@ -120,123 +120,7 @@ def backoff_seconds(attempt: int) -> float:
     return min(settings.STRATA_JOB_BACKOFF_SECONDS * 2 ** (attempt - 1), 300)
 
 
-_PRIVATE_KEY = re.compile(
-    r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S
-)
-
-
-def mask(text: str, secrets: set[str] | frozenset[str] = frozenset()) -> str:
-    """Hide private keys and the given secret values in logs and errors.
-
-    Every value is hidden, however short: secrets shorter than 4 characters are
-    refused when set, so only values from before that rule can be that short.
-    """
-    text = _PRIVATE_KEY.sub("[private key hidden]", text)
-    # Longest first, so a value containing another is hidden whole.
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, "********")
-    return text
-
-
-# --- the lease ----------------------------------------------------------------------
-
-
-def _lease_expiry():
-    # The database's clock, so workers on hosts with skewed clocks agree.
-    return Now() + timedelta(seconds=settings.STRATA_JOB_LEASE_SECONDS)
-
-
-# What a finished or requeued job keeps of its lease: the last owner, for history.
-_NO_LEASE = {"lease_token": None, "lease_expires_at": None}
-
-
-@dataclass
-class Lease:
-    """This run's claim on a job; every write through it checks the claim first."""
-
-    job_id: uuid.UUID
-    token: uuid.UUID
-    lost: threading.Event = field(default_factory=threading.Event)
-
-    def _mine(self):
-        return Job.objects.filter(pk=self.job_id, lease_token=self.token)
-
-    def _lose(self) -> LeaseLost:
-        self.lost.set()
-        return LeaseLost(f"job {self.job_id}: another run holds its lease")
-
-    def renew(self) -> None:
-        """Extend the lease; raises LeaseLost once another run holds the job."""
-        if self.lost.is_set() or not self._mine().update(lease_expires_at=_lease_expiry()):
-            raise self._lose()
-
-    def update_job(self, **fields) -> None:
-        if self.lost.is_set() or not self._mine().update(**fields, updated_at=timezone.now()):
-            raise self._lose()
-
-    def update_step(self, step_id: int, **fields) -> None:
-        with transaction.atomic():
-            # The job row's lock keeps a takeover from committing between the
-            # check and the write.
-            held = _locked(self._mine()).values_list("pk", flat=True)
-            if self.lost.is_set() or not list(held):
-                raise self._lose()
-            JobStep.objects.filter(pk=step_id).update(**fields)
-
-    def locked_job(self) -> Job:
-        """The job, row-locked in the caller's transaction, if this run still holds it."""
-        job = _locked(Job.objects).get(pk=self.job_id)
-        if self.lost.is_set() or job.lease_token != self.token:
-            raise self._lose()
-        return job
-
-    def give_back(self) -> None:
-        """End this run's claim now, so the job's next delivery may take it at once."""
-        try:
-            self._mine().update(**_NO_LEASE)
-        except DatabaseError as error:
-            log.warning("job %s: could not give its lease back (it lapses): %s", self.job_id, error)
-
-    @contextmanager
-    def kept_alive(self) -> Iterator[None]:
-        """Renew the lease from a thread while the body runs (steps may block long)."""
-        stop = threading.Event()
-        thread = threading.Thread(
-            target=self._heartbeat, args=(stop,), name=f"lease-{self.job_id}", daemon=True
-        )
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            # Bounded: a renewal stuck on a lock must not hold the worker.
-            thread.join(timeout=settings.STRATA_JOB_LEASE_SECONDS)
-
-    def _heartbeat(self, stop: threading.Event) -> None:
-        try:
-            while not stop.wait(settings.STRATA_JOB_LEASE_SECONDS / 3):
-                try:
-                    self.renew()
-                except LeaseLost:
-                    log.warning("job %s: its lease was taken over; this run stops", self.job_id)
-                    return
-                except DatabaseError as error:
-                    # Keep trying: the next renewal that gets through finds out
-                    # whether another run took the job over meanwhile.
-                    log.warning("job %s: could not renew its lease: %s", self.job_id, error)
-                    connection.close()
-        finally:
-            connection.close()
-
-
-def _locked(jobs_or_teams):
-    """The rows, locked against the engine's other writers but not against the
-    foreign-key checks of rows that name them (see the module's docstring)."""
-    return jobs_or_teams.select_for_update(no_key=True)
-
-
-def _owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+# --- taking the lease -------------------------------------------------------------
 
 
 def _acquire(job_id) -> tuple[Job, Lease] | None:
@@ -246,7 +130,7 @@ def _acquire(job_id) -> tuple[Job, Lease] | None:
     would have expired) or when the team is at its limit on the job's queue.
     """
     with transaction.atomic():
-        job = _locked(Job.objects).annotate(db_now=Now()).filter(pk=job_id).first()
+        job = locked(Job.objects).annotate(db_now=Now()).filter(pk=job_id).first()
         if job is None or job.is_finished:
             return None  # deleted, or a duplicate delivery of a job already done
         if job.lease_expires_at is not None and job.lease_expires_at > job.db_now:
@@ -262,7 +146,7 @@ def _acquire(job_id) -> tuple[Job, Lease] | None:
                     state=JobState.RUNNING, started_at=timezone.now()
                 )
         Job.objects.filter(pk=job.pk).update(
-            lease_token=lease.token, lease_owner=_owner(), lease_expires_at=_lease_expiry()
+            lease_token=lease.token, lease_owner=lease_owner(), lease_expires_at=lease_expiry()
         )
     return Job.objects.select_related("team").get(pk=job_id), lease
 
@@ -272,7 +156,7 @@ def _check_team_limit(job: Job) -> None:
     if limit <= 0:
         return
     # The team's row lock makes two workers starting its jobs at once count each other.
-    list(_locked(Team.objects).filter(pk=job.team_id).values_list("pk", flat=True))
+    list(locked(Team.objects).filter(pk=job.team_id).values_list("pk", flat=True))
     running = (
         Job.objects.filter(team=job.team_id, queue=job.queue, lease_expires_at__gt=Now())
         .exclude(pk=job.pk)
@@ -314,14 +198,6 @@ def create_job(*, team, kind: str, requested_by=None, queue: str = "strata", **f
         JobStep(job=job, index=i, name=step.name) for i, step in enumerate(plan.steps)
     )
     return job
-
-
-def enqueue(job: Job) -> None:
-    """Send the job to its queue once the surrounding transaction commits."""
-    from workers.tasks import run_job
-
-    job_id, queue = str(job.id), job.queue
-    transaction.on_commit(lambda: run_job.apply_async(args=[job_id], queue=queue))
 
 
 def run(job_id: str) -> None:
@@ -384,10 +260,10 @@ def _step_failed(plan: Plan, job: Job, ctx: StepContext, error: Exception) -> No
     ctx.log(f"failed: {error}")
     if is_transient(error) and job.attempts < settings.STRATA_JOB_MAX_ATTEMPTS:
         with transaction.atomic():
-            locked = ctx.lease.locked_job()
+            held = ctx.lease.locked_job()
             JobStep.objects.filter(pk=ctx.step.pk).update(state=JobStep.State.PENDING)
             # Requeued without a lease, so the retry's delivery may take it at once.
-            locked.move_to(JobState.QUEUED, error=f"retrying after: {message}", **_NO_LEASE)
+            held.move_to(JobState.QUEUED, error=f"retrying after: {message}", **NO_LEASE)
         raise RetryLater(backoff_seconds(job.attempts)) from error
     ctx.lease.update_step(ctx.step.pk, state=JobStep.State.FAILED, finished_at=timezone.now())
     _compensate(plan, job, ctx.lease, message)
@@ -425,10 +301,10 @@ def finish(job: Job, state: str, error: str = "", *, lease: Lease | None = None)
     """End ``job``: release its environment, finish its parent, start a waiter.
 
     With ``lease``, only if that run still holds the job (else LeaseLost)."""
-    job = lease.locked_job() if lease else _locked(Job.objects).get(pk=job.pk)
+    job = lease.locked_job() if lease else locked(Job.objects).get(pk=job.pk)
     if job.is_finished:
         return
-    fields = {"error": error, **_NO_LEASE}
+    fields = {"error": error, **NO_LEASE}
     if state == JobState.SUCCEEDED:
         fields["progress"] = 100
     job.move_to(state, **fields)
@@ -449,7 +325,7 @@ def finish(job: Job, state: str, error: str = "", *, lease: Lease | None = None)
 
 
 def _child_finished(parent_id) -> None:
-    parent = _locked(Job.objects).get(pk=parent_id)
+    parent = locked(Job.objects).get(pk=parent_id)
     children = list(parent.children.all())
     if parent.is_finished or not all(c.is_finished for c in children):
         return
@@ -499,7 +375,7 @@ def _not_started(job: Job) -> bool:
 
 def _end_unstarted(job: Job, state: str, reason: str) -> None:
     """End a job none of whose steps ran (and its children): nothing to undo on a host."""
-    children = [c for c in _locked(job.children).order_by("pk") if not c.is_finished]
+    children = [c for c in locked(job.children).order_by("pk") if not c.is_finished]
     for each in children or [job]:
         discard = PLANS[each.kind].discard
         if discard is not None:
@@ -513,8 +389,8 @@ def cancel(job_id) -> str | None:
     environment to the next waiter); what runs stops at its next step boundary
     and undoes what it made.  Returns the state of a job already finished."""
     # Children before their parent: the order in which a starting child locks them.
-    children = list(_locked(Job.objects).filter(parent=job_id).order_by("pk"))
-    job = _locked(Job.objects).get(pk=job_id)
+    children = list(locked(Job.objects).filter(parent=job_id).order_by("pk"))
+    job = locked(Job.objects).get(pk=job_id)
     if job.is_finished:
         return job.state
     live = [c for c in children if not c.is_finished]

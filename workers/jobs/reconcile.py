@@ -41,7 +41,7 @@ from cloud.services.hosts import record_virt_support
 from tenants.models import AuditEvent
 from workers.drivers.guest import RemoteError, list_containers, remove_container
 from workers.drivers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeKind
-from workers.jobs.engine import enqueue
+from workers.jobs.queue import enqueue
 from workers.jobs.steps.vm import connect
 from workers.jobs.steps.vm_ops import STATE_OF_DOMAIN, record_state
 
