@@ -49,7 +49,7 @@ def container_logs(container_id: int, tail: int, since: float | None) -> str:
     """A container's log tail, read from its VM's engine (the web layer never SSHes)."""
     from cloud.models import Container
     from workers.drivers.guest import container_logs as read_logs
-    from workers.jobs.steps.vm import connect
+    from workers.jobs.adapters import connect
 
     container = Container.objects.select_related("vm").get(pk=container_id)
     return read_logs(connect(container.vm).docker(), container.engine_id, tail=tail, since=since)
@@ -61,7 +61,7 @@ def container_stats(container_id: int) -> dict:
 
     from cloud.models import Container
     from workers.drivers.guest import container_stats as sample
-    from workers.jobs.steps.vm import connect
+    from workers.jobs.adapters import connect
 
     container = Container.objects.select_related("vm").get(pk=container_id)
     return asdict(sample(connect(container.vm).docker(), container.engine_id))

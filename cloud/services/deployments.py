@@ -30,6 +30,7 @@ from tenants.models import AuditEvent, slug_name
 from workers.drivers.guest import InvalidSpec, spread_replicas
 from workers.drivers.guest.containers import HEALTH_LIMITS
 from workers.drivers.guest.references import ImageReference, parse_reference
+from workers.drivers.hypervisor.spec import SSH_GUEST_PORT
 from workers.jobs import engine as jobs
 
 from .access import require_act
@@ -61,8 +62,6 @@ MAX_TEXT = 32 * 1024  # one env value or argument
 VOLUME = re.compile(r"(?P<name>[a-z0-9][a-z0-9_.-]{0,62}):(?P<path>/[A-Za-z0-9_./-]{0,200})")
 # A volume over these would hide the kernel's files from the container.
 KERNEL_MOUNTS = ("/proc", "/sys", "/dev")
-# Published on the guest itself, where its sshd and Strata's forward to it listen.
-SSH_PORT = 22
 HEALTH_PATH = re.compile(r"/[\x21-\x7e]{0,200}")
 HEALTH_KINDS = ("http", "tcp", "command")
 HEALTH_KEYS = {
@@ -195,8 +194,8 @@ def validate_spec(spec: dict, team) -> dict:
     ports = spec.get("ports", [])
     if not isinstance(ports, list) or len(ports) > MAX_PORTS or not all(_port(p) for p in ports):
         bad("ports", f"must be a list of at most {MAX_PORTS} TCP ports (1-65535)")
-    elif SSH_PORT in ports:
-        bad("ports", f"port {SSH_PORT} is the VM's SSH port and cannot be published")
+    elif SSH_GUEST_PORT in ports:
+        bad("ports", f"port {SSH_GUEST_PORT} is the VM's SSH port and cannot be published")
     elif len(set(ports)) != len(ports):
         bad("ports", "must not repeat a port")
     volumes = spec.get("volumes", [])

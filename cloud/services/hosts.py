@@ -1,29 +1,16 @@
 """Hypervisor hosts: registering a machine and refreshing what it can hold."""
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from cloud.models import Host
-from workers.drivers.hypervisor import Hypervisor, HypervisorError
-from workers.drivers.hypervisor.virt_detect import VirtSupport
+from workers.drivers.hypervisor import HypervisorError
+from workers.jobs.adapters import hypervisor_at
+from workers.jobs.host_support import record_virt_support
 
 
 class HostUnavailable(Exception):
     pass
-
-
-def record_virt_support(host: Host, support: VirtSupport) -> bool:
-    """Store what ``host`` was found able to do; True when the detected type or
-    its reason differs from what was stored (the caller saves and audits)."""
-    changed = (host.detected_virt_type, host.virt_type_reason) != (
-        support.virt_type,
-        support.reason,
-    )
-    host.detected_virt_type = support.virt_type
-    host.virt_type_reason = support.reason
-    host.virt_checked_at = timezone.now()
-    return changed
 
 
 @transaction.atomic
@@ -40,7 +27,7 @@ def register_host(name: str, libvirt_uri: str, virt_type: str | None = None) -> 
         or Host.objects.filter(name=name).values_list("virt_type_override", flat=True).first()
     )
     try:
-        with Hypervisor(libvirt_uri, settings.STRATA_DATA_DIR) as hypervisor:
+        with hypervisor_at(libvirt_uri) as hypervisor:
             capacity = hypervisor.capacity()
             support = hypervisor.detect_virtualisation()
             hypervisor.warm_capabilities(override or support.virt_type)

@@ -23,8 +23,8 @@ from workers.drivers.guest import (
     wait_for_ssh,
 )
 from workers.drivers.hypervisor import DomainState
+from workers.jobs.adapters import endpoint, hypervisor
 from workers.jobs.keys import manager_keypair
-from workers.jobs.steps.vm import endpoint, hypervisor
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

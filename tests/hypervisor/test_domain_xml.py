@@ -9,10 +9,10 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from workers.drivers.hypervisor import (
+    ForwardSpec,
     InvalidSpec,
     KernelBoot,
     LibvirtNetwork,
-    PortForward,
     UserNetwork,
     build_domain_xml,
 )
@@ -83,7 +83,7 @@ def test_serial_console_logs_to_file():
 
 
 def test_user_network_forwards_through_qemu_commandline():
-    network = UserNetwork(ssh_host_port=22001, forwards=(PortForward(28080, 80),))
+    network = UserNetwork(ssh_host_port=22001, forwards=(ForwardSpec(28080, 80),))
     root = parse(make_spec(network=network))
     assert root.find("devices/interface") is None
     arguments = [arg.get("value") for arg in root.findall(f"{Q}commandline/{Q}arg")]
@@ -163,14 +163,14 @@ def test_bad_ports_are_rejected(port):
     with pytest.raises(InvalidSpec) as error:
         build_domain_xml(make_spec(network=UserNetwork(ssh_host_port=port)))
     assert error.value.field == "network.ssh_host_port"
-    forward = UserNetwork(ssh_host_port=22001, forwards=(PortForward(port, 80),))
+    forward = UserNetwork(ssh_host_port=22001, forwards=(ForwardSpec(port, 80),))
     with pytest.raises(InvalidSpec) as error:
         build_domain_xml(make_spec(network=forward))
     assert error.value.field == "network.forwards[0].host_port"
 
 
 def test_port_forwarded_twice_is_rejected():
-    network = UserNetwork(ssh_host_port=22001, forwards=(PortForward(22001, 80),))
+    network = UserNetwork(ssh_host_port=22001, forwards=(ForwardSpec(22001, 80),))
     with pytest.raises(InvalidSpec) as error:
         build_domain_xml(make_spec(network=network))
     assert error.value.field == "network.forwards[0]"

@@ -15,8 +15,8 @@ from tests.foundation.factories import team_world
 from tests.foundation.test_project import manage
 from tests.hypervisor.conftest import TEST_DATA_DIR
 from workers.drivers.hypervisor import Hypervisor
+from workers.jobs.adapters import domain_spec
 from workers.jobs.reconcile import reconcile_host
-from workers.jobs.steps.vm import domain_spec
 
 NO_FLAG = "no vmx/svm flag in the host CPU"
 TEST_DRIVER_REASON = f"{NO_FLAG}; libvirt reports no kvm domain type"

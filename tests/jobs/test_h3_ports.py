@@ -8,7 +8,7 @@ from django.db import connection
 
 from cloud.models import PortForward, VirtualMachine
 from tests.foundation.factories import catalogue
-from workers.jobs.steps.vm import forward_port
+from workers.jobs.adapters import forward_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

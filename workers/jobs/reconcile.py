@@ -37,12 +37,12 @@ from cloud.models import (
     VMState,
 )
 from cloud.models.states import JOB_MACHINE
-from cloud.services.hosts import record_virt_support
 from tenants.models import AuditEvent
 from workers.drivers.guest import RemoteError, list_containers, remove_container
 from workers.drivers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeKind
+from workers.jobs.adapters import connect, host_hypervisor
+from workers.jobs.host_support import record_virt_support
 from workers.jobs.queue import enqueue
-from workers.jobs.steps.vm import connect
 from workers.jobs.steps.vm_ops import STATE_OF_DOMAIN, record_state
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,7 @@ SAMPLES_KEPT = timedelta(hours=24)
 def reconcile_host(host_id: int) -> dict[str, int]:
     host = Host.objects.get(pk=host_id)
     counts = {"lost": 0, "restarted": 0, "orphans_seen": 0, "orphans_removed": 0, "unchanged": 0}
-    with Hypervisor(
-        host.libvirt_uri,
-        settings.STRATA_DATA_DIR,
-        pool_name=settings.STRATA_STORAGE_POOL,
-        virt_type=host.virt_type,
-        installation_id=settings.STRATA_INSTALLATION_ID,
-    ) as hv:
+    with host_hypervisor(host) as hv:
         counts["virt_changed"] = _refresh_virtualisation(host, hv)
         domains = {d.uuid: d for d in hv.list_strata_domains()}
         hv.ensure_storage()

@@ -28,7 +28,7 @@ from .errors import (
 )
 from .ports import find_free_loopback_ports
 from .seed import SeedConfig, SshKeyPair, build_seed_iso, generate_ed25519_keypair
-from .spec import DomainSpec, KernelBoot, LibvirtNetwork, PortForward, UserNetwork
+from .spec import DomainSpec, ForwardSpec, KernelBoot, LibvirtNetwork, UserNetwork
 
 __all__ = [
     "STRATA_NAMESPACE",
@@ -36,6 +36,7 @@ __all__ = [
     "DomainSpec",
     "DomainState",
     "DomainStats",
+    "ForwardSpec",
     "HostCapacity",
     "HostUnreachable",
     "Hypervisor",
@@ -46,7 +47,6 @@ __all__ = [
     "LibvirtNetwork",
     "NotFound",
     "OperationTimeout",
-    "PortForward",
     "SeedConfig",
     "Snapshot",
     "SshKeyPair",

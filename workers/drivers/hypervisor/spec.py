@@ -91,7 +91,7 @@ def require_absolute_path(field_name: str, value: object) -> str:
 
 
 @dataclass(frozen=True)
-class PortForward:
+class ForwardSpec:
     """A TCP port of the guest reachable at 127.0.0.1:host_port on the host."""
 
     host_port: int
@@ -111,20 +111,20 @@ class UserNetwork:
     """
 
     ssh_host_port: int
-    forwards: tuple[PortForward, ...] = ()
+    forwards: tuple[ForwardSpec, ...] = ()
 
-    def all_forwards(self) -> tuple[PortForward, ...]:
-        return (PortForward(self.ssh_host_port, SSH_GUEST_PORT), *self.forwards)
+    def all_forwards(self) -> tuple[ForwardSpec, ...]:
+        return (ForwardSpec(self.ssh_host_port, SSH_GUEST_PORT), *self.forwards)
 
     def validate(self) -> None:
         require_port("network.ssh_host_port", self.ssh_host_port)
         if not isinstance(self.forwards, tuple):
-            raise InvalidSpec("network.forwards", "must be a tuple of PortForward")
+            raise InvalidSpec("network.forwards", "must be a tuple of ForwardSpec")
         seen: set[int] = set()
         for index, forward in enumerate(self.all_forwards()):
             name = "network.ssh_host_port" if index == 0 else f"network.forwards[{index - 1}]"
-            if not isinstance(forward, PortForward):
-                raise InvalidSpec(name, "must be a PortForward")
+            if not isinstance(forward, ForwardSpec):
+                raise InvalidSpec(name, "must be a ForwardSpec")
             forward.validate(name)
             if forward.host_port in seen:
                 raise InvalidSpec(name, f"host port {forward.host_port} is forwarded twice")

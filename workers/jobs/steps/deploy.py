@@ -40,8 +40,9 @@ from workers.drivers.guest import (
 from workers.drivers.guest.references import parse_reference
 from workers.drivers.guest.rollout import withdraw
 from workers.jobs import engine as jobs
+from workers.jobs.adapters import connect, domain_spec, forward_port, hypervisor
 from workers.jobs.engine import Plan, Step, StepContext, UserError, register
-from workers.jobs.steps.vm import connect, domain_spec, forward_port, hypervisor, vm_of
+from workers.jobs.steps.vm import vm_of
 
 Outcome = DeploymentTarget.Outcome
 

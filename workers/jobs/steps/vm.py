@@ -4,43 +4,33 @@ Every step re-reads the VM and asks the hypervisor what already exists, so a
 job redelivered after a crash repeats at most the step it was in.
 """
 
-import contextlib
 import time
-from functools import cache
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from cloud.models import PortForward, VirtualMachine, VMState
-from workers.drivers.guest import (
-    ConnectionPool,
-    Endpoint,
-    SSHConnection,
-    SSHUnreachable,
-    load_private_key,
-    wait_for_ssh,
-)
+from workers.drivers.guest import SSHUnreachable, load_private_key, wait_for_ssh
 from workers.drivers.hypervisor import (
-    DomainSpec,
     Hypervisor,
-    KernelBoot,
     SeedConfig,
     SshKeyPair,
-    UserNetwork,
     build_seed_iso,
     generate_ed25519_keypair,
 )
-from workers.drivers.hypervisor import (
-    PortForward as Forward,
+from workers.drivers.hypervisor.spec import SSH_GUEST_PORT
+from workers.jobs.adapters import (
+    connect,
+    domain_spec,
+    endpoint,
+    forward_port,
+    hypervisor,
+    ssh_port,
 )
-from workers.drivers.hypervisor.errors import HypervisorError
-from workers.drivers.hypervisor.ports import claim_loopback_port
 from workers.jobs.engine import Plan, Step, StepContext, UserError, register
 from workers.jobs.keys import manager_keypair
 
-SSH_PORT = 22
 CONSOLE_TAIL_LINES = 15
 
 
@@ -48,66 +38,6 @@ def vm_of(ctx: StepContext) -> VirtualMachine:
     return VirtualMachine.objects.select_related("host", "flavor", "image", "environment").get(
         pk=ctx.job.vm_id
     )
-
-
-@contextlib.contextmanager
-def hypervisor(vm: VirtualMachine):
-    with Hypervisor(
-        vm.host.libvirt_uri,
-        settings.STRATA_DATA_DIR,
-        pool_name=settings.STRATA_STORAGE_POOL,
-        virt_type=vm.host.virt_type,
-        installation_id=settings.STRATA_INSTALLATION_ID,
-    ) as hv:
-        yield hv
-
-
-@cache
-def ssh_pool() -> ConnectionPool:
-    """One pool per worker process, so a job's steps share one SSH connection per VM."""
-    return ConnectionPool(load_private_key(manager_keypair().private_openssh))
-
-
-def endpoint(vm: VirtualMachine) -> Endpoint:
-    """The VM's sshd on its loopback forward, with the host key pinned at provisioning."""
-    return Endpoint("127.0.0.1", vm.ssh_port or ssh_port(vm), "root", vm.host_key_public)
-
-
-def connect(vm: VirtualMachine) -> SSHConnection:
-    return ssh_pool().get(endpoint(vm))
-
-
-def ssh_port(vm: VirtualMachine) -> int | None:
-    forward = PortForward.objects.filter(vm=vm, guest_port=SSH_PORT).first()
-    return forward.host_port if forward else None
-
-
-def forward_port(vm: VirtualMachine, guest_port: int) -> PortForward:
-    """The VM's forward to ``guest_port``, given a free host port once; safe
-    when jobs on the same host allocate at the same time."""
-    existing = PortForward.objects.filter(vm=vm, guest_port=guest_port).first()
-    if existing is not None:
-        return existing
-
-    def claim(port: int) -> bool:
-        try:
-            with transaction.atomic():
-                PortForward.objects.create(
-                    host=vm.host, host_port=port, vm=vm, guest_port=guest_port
-                )
-        except IntegrityError:
-            # Another job took the port, or another run of this job made the forward.
-            return PortForward.objects.filter(vm=vm, guest_port=guest_port).exists()
-        return True
-
-    def taken() -> set[int]:
-        return set(PortForward.objects.filter(host=vm.host).values_list("host_port", flat=True))
-
-    try:
-        claim_loopback_port(claim, taken)
-    except HypervisorError as exc:
-        raise UserError(f"no free loopback port on {vm.host} for {vm.name}:{guest_port}") from exc
-    return PortForward.objects.get(vm=vm, guest_port=guest_port)
 
 
 def console_tail(hv: Hypervisor, vm: VirtualMachine) -> str:
@@ -128,7 +58,7 @@ def reserve(ctx: StepContext) -> None:
     if vm.state == VMState.SCHEDULED:
         vm.move_to(VMState.PROVISIONING)
     if ssh_port(vm) is None:
-        forward_port(vm, SSH_PORT)
+        forward_port(vm, SSH_GUEST_PORT)
     if not vm.host_key_public:
         pair = generate_ed25519_keypair(f"strata-{vm.uuid}")
         vm.host_key_public, vm.host_key_private = pair.public_openssh, pair.private_openssh
@@ -163,34 +93,6 @@ def write_seed(ctx: StepContext) -> None:
     with hypervisor(vm) as hv:
         path = hv.write_seed(vm.domain_name, build_seed_iso(seed))
     ctx.log(f"cloud-init seed {path}")
-
-
-def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
-    published = PortForward.objects.filter(vm=vm).exclude(guest_port=SSH_PORT).order_by("pk")
-    forwards = UserNetwork(
-        ssh_host_port=ssh_port(vm),
-        forwards=tuple(Forward(f.host_port, f.guest_port) for f in published),
-    )
-    kernel = None
-    if vm.image.kernel_path:
-        kernel = KernelBoot(
-            vm.image.kernel_path, vm.image.initrd_path or None, vm.image.kernel_cmdline
-        )
-    return DomainSpec(
-        name=vm.domain_name,
-        uuid=str(vm.uuid),
-        vm_id=str(vm.pk),
-        environment_id=str(vm.environment_id),
-        vcpus=vm.flavor.vcpus,
-        memory_mib=vm.flavor.memory_mb,
-        disk_path=hv.disk_path(vm.domain_name),
-        console_log_path=hv.console_log_path(vm.domain_name),
-        network=forwards,
-        seed_path=hv.seed_path(vm.domain_name),
-        virt_type=vm.host.virt_type,
-        cpu_mode=vm.host.cpu_mode,
-        kernel_boot=kernel,
-    ).validate()
 
 
 def define(ctx: StepContext) -> None:

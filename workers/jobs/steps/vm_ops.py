@@ -12,8 +12,9 @@ from django.utils import timezone
 
 from cloud.models import Flavor, VirtualMachine, VMState
 from workers.drivers.hypervisor import DomainState, Hypervisor, NotFound
+from workers.jobs.adapters import hypervisor
 from workers.jobs.engine import Plan, Step, StepContext, register
-from workers.jobs.steps.vm import hypervisor, vm_of
+from workers.jobs.steps.vm import vm_of
 
 # The VM state that matches a domain's state; others (paused, crashed) leave it alone.
 STATE_OF_DOMAIN = {DomainState.RUNNING: VMState.RUNNING, DomainState.SHUTOFF: VMState.STOPPED}

@@ -1,0 +1,141 @@
+"""The one place that turns models into driver objects: a host's hypervisor,
+a VM's SSH endpoint and connection, its port forwards and its domain spec.
+
+Steps, the reconciler, the Celery entry points and the host services reach
+libvirt and guests only through these, so the settings a driver is built
+with (data directory, storage pool, installation mark) are read here once.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from functools import cache
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+
+from cloud.models import Host, PortForward, VirtualMachine
+from workers.drivers.guest import ConnectionPool, Endpoint, SSHConnection, load_private_key
+from workers.drivers.hypervisor import (
+    DomainSpec,
+    ForwardSpec,
+    Hypervisor,
+    HypervisorError,
+    KernelBoot,
+    UserNetwork,
+)
+from workers.drivers.hypervisor.ports import claim_loopback_port
+from workers.drivers.hypervisor.spec import SSH_GUEST_PORT
+from workers.jobs.engine import UserError
+from workers.jobs.keys import manager_keypair
+
+# --- hypervisors ----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def hypervisor_at(libvirt_uri: str, virt_type: str = "qemu") -> Iterator[Hypervisor]:
+    """The driver for the libvirtd at ``libvirt_uri``, closed on leaving."""
+    with Hypervisor(
+        libvirt_uri,
+        settings.STRATA_DATA_DIR,
+        pool_name=settings.STRATA_STORAGE_POOL,
+        virt_type=virt_type,
+        installation_id=settings.STRATA_INSTALLATION_ID,
+    ) as hv:
+        yield hv
+
+
+def host_hypervisor(host: Host):
+    return hypervisor_at(host.libvirt_uri, host.virt_type)
+
+
+def hypervisor(vm: VirtualMachine):
+    """The driver for the host ``vm`` lives on."""
+    return host_hypervisor(vm.host)
+
+
+# --- SSH to guests --------------------------------------------------------------
+
+
+@cache
+def ssh_pool() -> ConnectionPool:
+    """One pool per worker process, so a job's steps share one SSH connection per VM."""
+    return ConnectionPool(load_private_key(manager_keypair().private_openssh))
+
+
+def endpoint(vm: VirtualMachine) -> Endpoint:
+    """The VM's sshd on its loopback forward, with the host key pinned at provisioning."""
+    return Endpoint("127.0.0.1", vm.ssh_port or ssh_port(vm), "root", vm.host_key_public)
+
+
+def connect(vm: VirtualMachine) -> SSHConnection:
+    return ssh_pool().get(endpoint(vm))
+
+
+# --- port forwards --------------------------------------------------------------
+
+
+def ssh_port(vm: VirtualMachine) -> int | None:
+    forward = PortForward.objects.filter(vm=vm, guest_port=SSH_GUEST_PORT).first()
+    return forward.host_port if forward else None
+
+
+def forward_port(vm: VirtualMachine, guest_port: int) -> PortForward:
+    """The VM's forward to ``guest_port``, given a free host port once; safe
+    when jobs on the same host allocate at the same time.  The one allocator
+    of host ports, for SSH and for published ports."""
+    existing = PortForward.objects.filter(vm=vm, guest_port=guest_port).first()
+    if existing is not None:
+        return existing
+
+    def claim(port: int) -> bool:
+        try:
+            with transaction.atomic():
+                PortForward.objects.create(
+                    host=vm.host, host_port=port, vm=vm, guest_port=guest_port
+                )
+        except IntegrityError:
+            # Another job took the port, or another run of this job made the forward.
+            return PortForward.objects.filter(vm=vm, guest_port=guest_port).exists()
+        return True
+
+    def taken() -> set[int]:
+        return set(PortForward.objects.filter(host=vm.host).values_list("host_port", flat=True))
+
+    try:
+        claim_loopback_port(claim, taken)
+    except HypervisorError as exc:
+        raise UserError(f"no free loopback port on {vm.host} for {vm.name}:{guest_port}") from exc
+    return PortForward.objects.get(vm=vm, guest_port=guest_port)
+
+
+# --- domains --------------------------------------------------------------------
+
+
+def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
+    published = (
+        PortForward.objects.filter(vm=vm).exclude(guest_port=SSH_GUEST_PORT).order_by("pk")
+    )
+    network = UserNetwork(
+        ssh_host_port=ssh_port(vm),
+        forwards=tuple(ForwardSpec(f.host_port, f.guest_port) for f in published),
+    )
+    kernel = None
+    if vm.image.kernel_path:
+        kernel = KernelBoot(
+            vm.image.kernel_path, vm.image.initrd_path or None, vm.image.kernel_cmdline
+        )
+    return DomainSpec(
+        name=vm.domain_name,
+        uuid=str(vm.uuid),
+        vm_id=str(vm.pk),
+        environment_id=str(vm.environment_id),
+        vcpus=vm.flavor.vcpus,
+        memory_mib=vm.flavor.memory_mb,
+        disk_path=hv.disk_path(vm.domain_name),
+        console_log_path=hv.console_log_path(vm.domain_name),
+        network=network,
+        seed_path=hv.seed_path(vm.domain_name),
+        virt_type=vm.host.virt_type,
+        cpu_mode=vm.host.cpu_mode,
+        kernel_boot=kernel,
+    ).validate()
