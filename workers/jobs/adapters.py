@@ -112,9 +112,7 @@ def forward_port(vm: VirtualMachine, guest_port: int) -> PortForward:
 
 
 def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
-    published = (
-        PortForward.objects.filter(vm=vm).exclude(guest_port=SSH_GUEST_PORT).order_by("pk")
-    )
+    published = PortForward.objects.filter(vm=vm).exclude(guest_port=SSH_GUEST_PORT).order_by("pk")
     network = UserNetwork(
         ssh_host_port=ssh_port(vm),
         forwards=tuple(ForwardSpec(f.host_port, f.guest_port) for f in published),

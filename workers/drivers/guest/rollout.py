@@ -98,103 +98,127 @@ def roll_out(
         raise InvalidSpec(
             "replicas", "a service with published ports runs at most one replica per target"
         )
-    engine = ssh.docker()
-    report = RolloutReport(release_id)
-    health = _HealthClock(ssh, engine, spec, health_seconds)
+    rollout = _Rollout(ssh, spec, release_id, count, health_seconds, log)
+    already_serving = rollout.find_serving()
+    rollout.step("ship image", lambda: rollout.ship_image(local_engine, registry_auth))
+    if already_serving >= set(range(count)):
+        rollout.step("start", lambda: "skipped: release already serving")
+    elif not spec.ports:
+        rollout.start_beside_old()
+    else:
+        rollout.start_candidate_then_switch()
+    engine = rollout.engine
+    rollout.step("stop old", lambda: _stop_old(engine, spec, release_id, count))
+    rollout.step("prune", lambda: _prune(engine, spec, release_id, count))
+    return rollout.report
 
-    def step(name: str, action: Callable[[], str]) -> None:
+
+class _Rollout:
+    """One rollout on one target: its named steps, each timed and logged into
+    the report, and the release that served before (what a failure keeps)."""
+
+    def __init__(self, ssh, spec: ServiceSpec, release_id: str, count: int, health_seconds, log):
+        self.ssh, self.spec, self.release_id = ssh, spec, release_id
+        self.count, self.log = count, log
+        self.engine = ssh.docker()
+        self.report = RolloutReport(release_id)
+        self.health = _HealthClock(ssh, self.engine, spec, health_seconds)
+        self.previous: str | None = None
+
+    def find_serving(self) -> set[int]:
+        """Note what serves before; returns the replicas this release already serves."""
+        serving = [
+            c
+            for c in list_containers(self.engine, service_id=self.spec.service_id)
+            if c.role == ROLE_SERVING and c.state == "running"
+        ]
+        others = [c.release_id for c in serving if c.release_id != self.release_id]
+        self.previous = self.report.previous_release = next(iter(others), None)
+        return {c.replica for c in serving if c.release_id == self.release_id}
+
+    def step(self, name: str, action: Callable[[], str]) -> None:
         started = time.monotonic()
-        log.info("rollout %s %s on %s: %s ...", spec.name, release_id, ssh.endpoint, name)
+        where = f"{self.spec.name} {self.release_id} on {self.ssh.endpoint}"
+        self.log.info("rollout %s: %s ...", where, name)
         try:
             detail = action()
         except docker.errors.APIError as exc:
-            raise RolloutFailed(name, f"engine refused: {exc.explanation}", previous) from exc
+            raise RolloutFailed(name, f"engine refused: {exc.explanation}", self.previous) from exc
         except requests.exceptions.ConnectionError as exc:
             # The SSH link dropped under the engine client: worth a retry,
             # and every step is safe to run again.
-            raise SSHUnreachable(f"{ssh.endpoint} during {name}: {exc}") from exc
+            raise SSHUnreachable(f"{self.ssh.endpoint} during {name}: {exc}") from exc
         record = StepRecord(name, round(time.monotonic() - started, 3), detail)
-        report.steps.append(record)
-        log.info(
-            "rollout %s %s on %s: %s: %s (%.2f s)",
-            spec.name,
-            release_id,
-            ssh.endpoint,
-            name,
-            detail,
-            record.seconds,
-        )
+        self.report.steps.append(record)
+        self.log.info("rollout %s: %s: %s (%.2f s)", where, name, detail, record.seconds)
 
-    def ship_image() -> str:
+    def ship_image(self, local_engine, registry_auth) -> str:
         try:
             if local_engine is not None:
-                report.push = push_image(local_engine, engine, spec.image)
+                push = self.report.push = push_image(local_engine, self.engine, self.spec.image)
                 return (
-                    f"sent {report.push.bytes_sent} bytes, skipped "
-                    f"{report.push.layers_skipped}/{report.push.layers_total} layers"
+                    f"sent {push.bytes_sent} bytes, skipped "
+                    f"{push.layers_skipped}/{push.layers_total} layers"
                 )
-            repository, tag = parse_repository_tag(spec.image)
-            return "pulled " + pull_image(engine, repository, tag or "latest", registry_auth)
+            repository, tag = parse_repository_tag(self.spec.image)
+            pulled = pull_image(self.engine, repository, tag or "latest", registry_auth)
+            return "pulled " + pulled
         except ImageShipFailed as exc:
-            raise RolloutFailed("ship image", str(exc), previous) from exc
+            raise RolloutFailed("ship image", str(exc), self.previous) from exc
 
-    serving = [
-        c
-        for c in list_containers(engine, service_id=spec.service_id)
-        if c.role == ROLE_SERVING and c.state == "running"
-    ]
-    previous = next((c.release_id for c in serving if c.release_id != release_id), None)
-    report.previous_release = previous
-    already_serving = {c.replica for c in serving if c.release_id == release_id}
-
-    step("ship image", ship_image)
-    if already_serving >= set(range(count)):
-        step("start", lambda: "skipped: release already serving")
-    elif not spec.ports:
+    def start_beside_old(self) -> None:
+        """No published ports: the new replicas start beside the old ones."""
         new_ids: list[str] = []
 
         def start_new() -> str:
             new_ids.extend(
-                start_container(engine, spec, release_id, replica=replica)
-                for replica in range(count)
+                start_container(self.engine, self.spec, self.release_id, replica=replica)
+                for replica in range(self.count)
             )
             return f"started {len(new_ids)}"
 
         try:
-            step("start new", start_new)
-            step(
+            self.step("start new", start_new)
+            self.step(
                 "health-check new",
-                lambda: _health_or_remove(health, new_ids, previous, "health-check new"),
+                lambda: _health_or_remove(self.health, new_ids, self.previous, "health-check new"),
             )
         except RolloutFailed:
             # The old replicas were never stopped: dropping the new ones is the rollback.
             for container in list_containers(
-                engine, service_id=spec.service_id, release_id=release_id
+                self.engine, service_id=self.spec.service_id, release_id=self.release_id
             ):
-                remove_container(engine, container.id)
+                remove_container(self.engine, container.id)
             raise
-    else:
+
+    def start_candidate_then_switch(self) -> None:
+        """Published ports: a candidate without them proves the release healthy,
+        then each replica switches over on the same host ports."""
         candidate = {}
 
         def start_candidate() -> str:
-            candidate["id"] = start_container(engine, spec, release_id, role=ROLE_CANDIDATE)
+            candidate["id"] = start_container(
+                self.engine, self.spec, self.release_id, role=ROLE_CANDIDATE
+            )
             return f"started {candidate['id'][:12]}"
 
-        step("start candidate", start_candidate)
-        step(
+        self.step("start candidate", start_candidate)
+        self.step(
             "health-check candidate",
             lambda: _health_or_remove(
-                health, [candidate["id"]], previous, "health-check candidate"
+                self.health, [candidate["id"]], self.previous, "health-check candidate"
             ),
         )
         try:
-            step("switch", lambda: _switch(health, release_id, count, previous, report))
+            self.step(
+                "switch",
+                lambda: _switch(
+                    self.health, self.release_id, self.count, self.previous, self.report
+                ),
+            )
         except RolloutFailed:
-            remove_container(engine, candidate["id"])
+            remove_container(self.engine, candidate["id"])
             raise
-    step("stop old", lambda: _stop_old(engine, spec, release_id, count))
-    step("prune", lambda: _prune(engine, spec, release_id, count))
-    return report
 
 
 class _HealthClock:
