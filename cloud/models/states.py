@@ -112,3 +112,23 @@ JOB_MACHINE = machine(
 def state_check(field: str, choices: type[models.TextChoices], name: str):
     """A database CHECK that the column holds one of the machine's states."""
     return models.CheckConstraint(condition=models.Q(**{f"{field}__in": choices.values}), name=name)
+
+
+class StatefulModel(models.Model):
+    """A model whose ``state`` moves only along its machine's edges."""
+
+    machine: StateMachine
+
+    class Meta:
+        abstract = True
+
+    def move_to(self, target: str, save: bool = True, **fields) -> None:
+        self.machine.check(self.state, target)
+        self.state = target
+        for name, value in fields.items():
+            setattr(self, name, value)
+        if save:
+            self.save(update_fields=["state", *fields, *self._touch_fields()])
+
+    def _touch_fields(self) -> list[str]:
+        return ["updated_at"] if any(f.name == "updated_at" for f in self._meta.fields) else []
