@@ -21,6 +21,16 @@ def require_read(user, team) -> Membership:
     return membership(user, team)
 
 
+def team_row(user, team, rows, pk, what: str):
+    """Row ``pk`` of the team's ``rows`` (a team-scoped queryset), for a member;
+    NotFound otherwise: another team's rows do not exist for you."""
+    require_read(user, team)
+    found = rows.for_team(team).filter(pk=pk).first()
+    if found is None:
+        raise NotFound(f"no such {what}")
+    return found
+
+
 def require_act(user, team, kind: str) -> Membership:
     member = membership(user, team)
     needed = ACT_ROLE[kind]

@@ -16,8 +16,8 @@ from django.conf import settings
 from cloud.models import Container
 from workers.jobs import queue
 
-from .access import require_read
-from .errors import NotFound, ValidationError
+from .access import team_row
+from .errors import ValidationError
 from .secrets import mask_for
 
 MAX_TAIL = 5000
@@ -32,16 +32,8 @@ class Unavailable(Exception):
 
 
 def get_container(user, team, container_id) -> Container:
-    require_read(user, team)
-    container = (
-        Container.objects.for_team(team)
-        .select_related("vm__host", "vm__environment")
-        .filter(pk=container_id)
-        .first()
-    )
-    if container is None:
-        raise NotFound("no such container")
-    return container
+    rows = Container.objects.select_related("vm__host", "vm__environment")
+    return team_row(user, team, rows, container_id, "container")
 
 
 def _ask(task, container: Container, *args):

@@ -34,7 +34,7 @@ from workers.drivers.hypervisor.spec import SSH_GUEST_PORT
 from workers.jobs import engine as jobs
 
 from .access import require_act
-from .environments import _take_lock, get_environment
+from .environments import get_environment, take_environment_lock
 from .errors import ValidationError
 from .secrets import require_resolvable
 
@@ -326,7 +326,7 @@ def _roll_out(
             queue=vm.host.queue,
             params={"deployment": deployment.pk, "replicas": shares[str(vm.pk)]},
         )
-    if _take_lock(env, parent, queue_if_busy):
+    if take_environment_lock(env, parent, queue_if_busy):
         jobs.start(parent)
     return parent
 
@@ -355,7 +355,7 @@ def deploy(*, user, team, env_id, service_name, replicas=None, queue_if_busy=Fal
     with transaction.atomic():
         # Locked, so two deploys of one service each merge onto what the other wrote.
         # Only the service's row: its default ordering joins the environment and
-        # team, whose rows a plain FOR UPDATE would lock too, ahead of _take_lock.
+        # team, whose rows a plain FOR UPDATE would lock too, ahead of take_environment_lock.
         current = (
             Service.objects.select_for_update(of=("self",), no_key=True)
             .filter(environment=env, name=service_name)

@@ -13,8 +13,8 @@ from cloud.models import Environment, Flavor, Host, Image, Job, VirtualMachine, 
 from tenants.models import AuditEvent, Quota, slug_name
 from workers.jobs import engine as jobs
 
-from .access import require_act, require_read
-from .errors import Busy, NotFound, QuotaExceeded, ValidationError
+from .access import require_act, team_row
+from .errors import Busy, QuotaExceeded, ValidationError
 from .scheduler import HostState, NoValidHost, Request, Scheduler
 
 MAX_VMS_PER_REQUEST = 20
@@ -26,11 +26,7 @@ def _live_vms():
 
 def get_environment(user, team, env_id) -> Environment:
     """The team's environment, or NotFound (also for other teams' environments)."""
-    require_read(user, team)
-    env = Environment.objects.for_team(team).filter(pk=env_id).first()
-    if env is None:
-        raise NotFound("no such environment")
-    return env
+    return team_row(user, team, Environment.objects, env_id, "environment")
 
 
 RESOURCES = ("vcpus", "memory_mb", "disk_gb")
@@ -162,7 +158,7 @@ def _validate_create(name, kind, vm_count, flavor, image) -> tuple[Flavor, Image
     return flavor_obj, image_obj
 
 
-def _take_lock(env: Environment, job: Job, queue_if_busy: bool) -> bool:
+def take_environment_lock(env: Environment, job: Job, queue_if_busy: bool) -> bool:
     """Make ``job`` the holder of ``env``'s lock; True if it may start now."""
     # FOR NO KEY UPDATE, like the engine's locks: it serialises the requests and
     # workers that change the lock, not the foreign-key checks of rows naming it.
@@ -237,7 +233,7 @@ def create_environment(
             environment=env,
             params={"vm_count": vm_count},
         )
-        _take_lock(env, parent, queue_if_busy=False)
+        take_environment_lock(env, parent, queue_if_busy=False)
         _vm_jobs(parent, "provision_vm", vms)
         AuditEvent.record(
             "environment.create",
@@ -260,7 +256,7 @@ def destroy_environment(*, user, team, env_id, queue_if_busy=False) -> Job:
         parent = jobs.create_job(
             team=team, kind="destroy_environment", requested_by=user, environment=env
         )
-        may_start = _take_lock(env, parent, queue_if_busy)
+        may_start = take_environment_lock(env, parent, queue_if_busy)
         _vm_jobs(parent, "destroy_vm", _live_vms().filter(environment=env).select_related("host"))
         AuditEvent.record("environment.destroy", team=team, actor=user, target=env)
         if may_start:
@@ -283,16 +279,8 @@ VM_ACTIONS = {
 
 
 def get_vm(user, team, vm_id) -> VirtualMachine:
-    require_read(user, team)
-    vm = (
-        VirtualMachine.objects.for_team(team)
-        .select_related("environment", "host")
-        .filter(pk=vm_id)
-        .first()
-    )
-    if vm is None:
-        raise NotFound("no such VM")
-    return vm
+    rows = VirtualMachine.objects.select_related("environment", "host")
+    return team_row(user, team, rows, vm_id, "VM")
 
 
 def _validate_vm_action(vm: VirtualMachine, action: str, params: dict) -> dict:
@@ -381,7 +369,7 @@ def vm_action(*, user, team, vm_id, action, queue_if_busy=False, **params) -> Jo
             queue=vm.host.queue,
             params=clean,
         )
-        may_start = _take_lock(vm.environment, job, queue_if_busy)
+        may_start = take_environment_lock(vm.environment, job, queue_if_busy)
         AuditEvent.record(f"vm.{action}", team=team, actor=user, target=vm, **clean)
         if may_start:
             jobs.start(job)

@@ -6,16 +6,12 @@ from cloud.models import Job
 from tenants.models import AuditEvent, Role
 from workers.jobs import engine
 
-from .access import ACT_ROLE, membership, require_read
-from .errors import Forbidden, NotFound, ValidationError
+from .access import ACT_ROLE, membership, team_row
+from .errors import Forbidden, ValidationError
 
 
 def get_job(user, team, job_id) -> Job:
-    require_read(user, team)
-    job = Job.objects.for_team(team).filter(pk=job_id).first()
-    if job is None:
-        raise NotFound("no such job")
-    return job
+    return team_row(user, team, Job.objects, job_id, "job")
 
 
 def cancel_job(*, user, team, job_id) -> Job:
