@@ -113,8 +113,8 @@ def installation_settings(install: E2eInstall):
     """The test process acts as ``install`` (the same settings its workers get)."""
     from django.test import override_settings
 
-    from cloud import crypto
-    from workers import keys
+    from cloud.models import crypto
+    from workers.jobs import keys
 
     saved_keys = os.environ.get("STRATA_ENCRYPTION_KEYS")
     os.environ["STRATA_ENCRYPTION_KEYS"] = install.encryption_key
