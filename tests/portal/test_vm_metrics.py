@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from cloud.models import VMSample
-from cloud.selectors import chart_segments
+from cloud.selectors.charts import chart_segments
 
 # --- the pure maths -----------------------------------------------------------------
 

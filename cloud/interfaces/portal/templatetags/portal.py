@@ -3,7 +3,7 @@
 from django import template
 from django.utils import timezone
 
-from cloud import selectors
+from cloud.selectors import queries
 from cloud.services.access import ACT_ROLE
 from cloud.services.environments import VM_ACTIONS
 
@@ -40,7 +40,7 @@ def duration(start, end) -> str:
 
 @register.filter
 def overall_progress(job) -> int:
-    return selectors.job_progress(job)
+    return queries.job_progress(job)
 
 
 POWER_ACTIONS = (("start", "Start"), ("stop", "Stop"), ("reboot", "Reboot"))

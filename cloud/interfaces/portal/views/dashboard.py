@@ -4,7 +4,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_safe
 
-from cloud import selectors
+from cloud.selectors import queries
 from tenants.models import Membership
 
 from .base import CURRENT_TEAM_KEY, team_page
@@ -28,10 +28,10 @@ def dashboard(request, team):
         request,
         "portal/dashboard.html",
         {
-            "environments_by_kind": selectors.environments_by_kind(team),
-            "quota": selectors.quota_usage(team),
-            "active_jobs": selectors.active_jobs(team),
-            "hosts": selectors.host_utilisation(),
+            "environments_by_kind": queries.environments_by_kind(team),
+            "quota": queries.quota_usage(team),
+            "active_jobs": queries.active_jobs(team),
+            "hosts": queries.host_utilisation(),
         },
     )
 
@@ -41,5 +41,5 @@ def dashboard(request, team):
 def active_jobs(request, team):
     """The running-jobs panel alone, which the dashboard polls."""
     return render(
-        request, "portal/partials/active_jobs.html", {"active_jobs": selectors.active_jobs(team)}
+        request, "portal/partials/active_jobs.html", {"active_jobs": queries.active_jobs(team)}
     )

@@ -6,7 +6,6 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
-from cloud import selectors
 from cloud.interfaces.portal.forms import (
     CreateEnvironmentForm,
     DeployForm,
@@ -16,6 +15,7 @@ from cloud.interfaces.portal.forms import (
     show_service_errors,
 )
 from cloud.models import Flavor, Image, Service
+from cloud.selectors import queries
 from cloud.services import deployments
 from cloud.services.access import require_act
 from cloud.services.environments import (
@@ -52,7 +52,7 @@ def render_environment(request, team, env, *, bound=None, deploy_form=None, stat
     """The environment page; ``bound`` holds a submitted service form with its
     errors, keyed by (action, service name), to show in place of the blank one."""
     bound = bound or {}
-    promote_targets = selectors.promotion_targets(team, env)
+    promote_targets = queries.promotion_targets(team, env)
     services = [
         {
             "release": row,
@@ -61,17 +61,17 @@ def render_environment(request, team, env, *, bound=None, deploy_form=None, stat
             "promote_form": bound.get(("promote", row.service.name))
             or PromoteForm(targets=promote_targets),
         }
-        for row in selectors.service_releases(team, env)
+        for row in queries.service_releases(team, env)
     ]
     return render(
         request,
         "portal/environment.html",
         {
             "environment": env,
-            "vms": selectors.environment_vms(team, env),
+            "vms": queries.environment_vms(team, env),
             "services": services,
             "promote_targets": promote_targets,
-            "holding_job": selectors.holding_job(env),
+            "holding_job": queries.holding_job(env),
             "deploy_form": deploy_form or DeployForm(),
         },
         status=status,
@@ -103,7 +103,7 @@ def destroy(request, team, env_id):
         {
             "environment": env,
             "form": form,
-            "vm_count": selectors.environment_vms(team, env).count(),
+            "vm_count": queries.environment_vms(team, env).count(),
         },
         status=400 if form.errors else 200,
     )
@@ -146,7 +146,7 @@ def service_action(request, team, env_id, service_name, action):
         form = ScaleForm(request.POST)
         call = deployments.scale
     elif action == "promote":
-        form = PromoteForm(request.POST, targets=selectors.promotion_targets(team, env))
+        form = PromoteForm(request.POST, targets=queries.promotion_targets(team, env))
         call = deployments.promote
     else:
         form, call = None, deployments.rollback

@@ -5,8 +5,8 @@ from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
-from cloud import selectors
 from cloud.interfaces.portal.forms import JobFilterForm
+from cloud.selectors import queries
 from cloud.services.errors import ValidationError
 from cloud.services.job_control import cancel_job, get_job
 
@@ -18,9 +18,9 @@ JOBS_PER_PAGE = 30
 @require_safe
 @team_page
 def job_list(request, team):
-    form = JobFilterForm(request.GET or None, kinds=selectors.job_kinds(team))
+    form = JobFilterForm(request.GET or None, kinds=queries.job_kinds(team))
     filters = form.cleaned_data if form.is_bound and form.is_valid() else {}
-    page = Paginator(selectors.team_jobs(team, **filters), JOBS_PER_PAGE).get_page(
+    page = Paginator(queries.team_jobs(team, **filters), JOBS_PER_PAGE).get_page(
         request.GET.get("page")
     )
     # The filters again, for the page links (which add their own page number).
@@ -34,9 +34,9 @@ def job_list(request, team):
 def job_context(team, job) -> dict:
     return {
         "job": job,
-        "progress": selectors.job_progress(job),
-        "steps": selectors.job_steps(team, job),
-        "children": selectors.job_children(team, job),
+        "progress": queries.job_progress(job),
+        "steps": queries.job_steps(team, job),
+        "children": queries.job_children(team, job),
     }
 
 

@@ -5,13 +5,15 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
-from cloud import selectors
 from cloud.interfaces.portal.forms import (
     VM_ACTION_FORMS,
     ResizeForm,
     SnapshotForm,
     show_service_errors,
 )
+from cloud.selectors import queries
+from cloud.selectors.charts import vm_charts
+from cloud.selectors.console import console_log_path, console_tail
 from cloud.services.access import require_act
 from cloud.services.environments import VM_ACTIONS, get_vm, vm_action
 from cloud.services.errors import Busy, ValidationError
@@ -28,14 +30,14 @@ def render_vm(request, team, vm, *, bound=None, status=200):
         {
             "vm": vm,
             "environment": vm.environment,
-            "console": selectors.console_tail(vm),
-            "console_path": selectors.console_log_path(vm),
-            "charts": selectors.vm_charts(team, vm),
-            "snapshots": selectors.vm_snapshots(team, vm),
+            "console": console_tail(vm),
+            "console_path": console_log_path(vm),
+            "charts": vm_charts(team, vm),
+            "snapshots": queries.vm_snapshots(team, vm),
             "snapshot_form": bound.get("snapshot") or SnapshotForm(),
             "snapshot_error_form": bound.get("revert") or bound.get("delete_snapshot"),
             "resize_form": bound.get("resize") or ResizeForm(initial={"flavor": vm.flavor.name}),
-            "jobs": selectors.vm_jobs(team, vm),
+            "jobs": queries.vm_jobs(team, vm),
         },
         status=status,
     )
@@ -57,8 +59,8 @@ def console(request, team, vm_id):
         "portal/partials/console.html",
         {
             "vm": vm,
-            "console": selectors.console_tail(vm),
-            "console_path": selectors.console_log_path(vm),
+            "console": console_tail(vm),
+            "console_path": console_log_path(vm),
         },
     )
 
