@@ -83,9 +83,8 @@ def watch(client: Client, job_url: str, interval: float, out=sys.stdout) -> int:
     while True:
         job = client.request("GET", job_url)
         if job["children"]:
-            # A parent's progress is its children's.
+            # A parent has no steps of its own: show the ones its children run.
             kids = [client.request("GET", url) for url in job["children"]]
-            job["progress"] = sum(k["progress"] for k in kids) // len(kids)
             job["steps"] = [s for k in kids for s in k["steps"]]
         line = progress_line(job)
         if interactive:

@@ -77,6 +77,16 @@ class Job(StatefulModel):
     def is_finished(self) -> bool:
         return self.state in self.machine.final_states
 
+    @property
+    def overall_progress(self) -> int:
+        """The percent done that every interface shows.  A parent job has no steps
+        of its own: its progress is its children's mean, a finished child counting
+        as done."""
+        children = list(self.children.all())
+        if not children:
+            return self.progress
+        return sum(100 if c.is_finished else c.progress for c in children) // len(children)
+
     def move_to(self, target: str, save: bool = True, **fields) -> None:
         if target == JobState.RUNNING and self.started_at is None:
             fields.setdefault("started_at", timezone.now())

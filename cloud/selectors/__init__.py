@@ -1,2 +1,3 @@
 """The read side: queries the interfaces show (``queries``), the console log off
-disk (``console``) and the metrics charts (``charts``).  Nothing here writes."""
+disk (``console``), the metrics charts (``charts``) and the filters of the lists
+the API and the portal share (``filtersets``).  Nothing here writes."""

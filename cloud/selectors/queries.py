@@ -154,14 +154,6 @@ def active_jobs(team):
     )
 
 
-def job_progress(job: Job) -> int:
-    """A parent job has no steps of its own: its progress is its children's mean."""
-    children = list(job.children.all())
-    if not children:
-        return job.progress
-    return sum(100 if c.is_finished else c.progress for c in children) // len(children)
-
-
 # --- environment and VM pages ----------------------------------------------------------
 
 
@@ -263,16 +255,10 @@ def job_children(team, job: Job):
     )
 
 
-def job_kinds(team) -> list[str]:
-    return list(
-        Job.objects.for_team(team).order_by("kind").values_list("kind", flat=True).distinct()
+def team_jobs(team):
+    """All the team's jobs, for the job list to filter (filtersets.JobFilterSet)."""
+    return (
+        Job.objects.for_team(team)
+        .select_related("environment", "vm", "requested_by")
+        .prefetch_related("children")
     )
-
-
-def team_jobs(team, *, state: str = "", kind: str = ""):
-    jobs = Job.objects.for_team(team).filter(parent=None)
-    if state:
-        jobs = jobs.filter(state=state)
-    if kind:
-        jobs = jobs.filter(kind=kind)
-    return jobs.select_related("environment", "vm", "requested_by").prefetch_related("children")

@@ -233,6 +233,7 @@ class JobSerializer(serializers.ModelSerializer):
     requested_by = serializers.CharField(source="requested_by.username", default=None)
     steps = JobStepSerializer(many=True, read_only=True)
     children = serializers.SerializerMethodField()
+    progress = serializers.IntegerField(source="overall_progress", read_only=True)
 
     class Meta:
         model = Job

@@ -22,12 +22,13 @@ from cloud.models import (
     Service,
     VirtualMachine,
 )
+from cloud.selectors import filtersets
 from cloud.services import containers, deployments, environments, job_control, secrets
 from cloud.services.access import require_role
 from cloud.services.errors import NotFound
 from tenants.models import AuditEvent, Membership, Role, Team
 
-from . import filters, serializers
+from . import serializers
 
 
 class ServiceUnavailable(APIException):
@@ -108,7 +109,7 @@ class EnvironmentViewSet(
     TeamScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
     serializer_class = serializers.EnvironmentSerializer
-    filterset_class = filters.EnvironmentFilter
+    filterset_class = filtersets.EnvironmentFilterSet
 
     def get_queryset(self):
         return (
@@ -195,7 +196,7 @@ class VirtualMachineViewSet(
     TeamScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
     serializer_class = serializers.VirtualMachineSerializer
-    filterset_class = filters.VirtualMachineFilter
+    filterset_class = filtersets.VirtualMachineFilterSet
 
     def get_queryset(self):
         return (
@@ -222,7 +223,7 @@ class JobViewSet(
     TeamScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
 ):
     serializer_class = serializers.JobSerializer
-    filterset_class = filters.JobFilter
+    filterset_class = filtersets.JobFilterSet
 
     def get_queryset(self):
         return (
@@ -241,7 +242,7 @@ class JobViewSet(
 
 class AuditEventList(TeamScopedMixin, generics.ListAPIView):
     serializer_class = serializers.AuditEventSerializer
-    filterset_class = filters.AuditEventFilter
+    filterset_class = filtersets.AuditEventFilterSet
 
     def get_queryset(self):
         return self.scoped(AuditEvent).select_related("actor")
@@ -286,7 +287,7 @@ class SecretViewSet(TeamScopedMixin, mixins.ListModelMixin, viewsets.GenericView
     """
 
     serializer_class = serializers.SecretSerializer
-    filterset_class = filters.SecretFilter
+    filterset_class = filtersets.SecretFilterSet
     lookup_field = "name"
     lookup_value_regex = "[^/]+"
 

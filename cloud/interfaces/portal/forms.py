@@ -10,7 +10,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 
 from cloud.interfaces.healthspec import parse_health
-from cloud.models import Environment, Flavor, Image, JobState
+from cloud.models import Environment, Flavor, Image
 from cloud.services.environments import MAX_VMS_PER_REQUEST
 from tenants.models import slug_name
 
@@ -172,15 +172,6 @@ class PromoteForm(forms.Form):
     def __init__(self, *args, targets: list[str], **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["target_env"].choices = [(name, name) for name in targets]
-
-
-class JobFilterForm(forms.Form):
-    state = forms.ChoiceField(required=False, choices=[("", "any state"), *JobState.choices])
-    kind = forms.ChoiceField(required=False)
-
-    def __init__(self, *args, kinds: list[str], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.fields["kind"].choices = [("", "any kind"), *((k, k) for k in kinds)]
 
 
 class TokenForm(forms.Form):

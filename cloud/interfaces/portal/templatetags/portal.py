@@ -3,7 +3,6 @@
 from django import template
 from django.utils import timezone
 
-from cloud.selectors import queries
 from cloud.services.access import ACT_ROLE
 from cloud.services.environments import VM_ACTIONS
 
@@ -36,11 +35,6 @@ def duration(start, end) -> str:
     if minutes:
         return f"{minutes}m {seconds:02d}s"
     return f"{seconds}s"
-
-
-@register.filter
-def overall_progress(job) -> int:
-    return queries.job_progress(job)
 
 
 POWER_ACTIONS = (("start", "Start"), ("stop", "Stop"), ("reboot", "Reboot"))

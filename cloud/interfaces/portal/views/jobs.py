@@ -5,8 +5,8 @@ from django.core.paginator import Paginator
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
-from cloud.interfaces.portal.forms import JobFilterForm
 from cloud.selectors import queries
+from cloud.selectors.filtersets import JobFilterSet
 from cloud.services.errors import ValidationError
 from cloud.services.job_control import cancel_job, get_job
 
@@ -18,23 +18,23 @@ JOBS_PER_PAGE = 30
 @require_safe
 @team_page
 def job_list(request, team):
-    form = JobFilterForm(request.GET or None, kinds=queries.job_kinds(team))
-    filters = form.cleaned_data if form.is_bound and form.is_valid() else {}
-    page = Paginator(queries.team_jobs(team, **filters), JOBS_PER_PAGE).get_page(
-        request.GET.get("page")
-    )
+    filters = request.GET.copy()
+    # The list shows the jobs people started unless asked for the per-VM ones too.
+    filters.setdefault("top_level", "true")
+    jobs = JobFilterSet(filters, queryset=queries.team_jobs(team))
+    page = Paginator(jobs.qs, JOBS_PER_PAGE).get_page(request.GET.get("page"))
     # The filters again, for the page links (which add their own page number).
     query = request.GET.copy()
     query.pop("page", None)
     return render(
-        request, "portal/jobs.html", {"form": form, "page": page, "query": query.urlencode()}
+        request, "portal/jobs.html", {"form": jobs.form, "page": page, "query": query.urlencode()}
     )
 
 
 def job_context(team, job) -> dict:
     return {
         "job": job,
-        "progress": queries.job_progress(job),
+        "progress": job.overall_progress,
         "steps": queries.job_steps(team, job),
         "children": queries.job_children(team, job),
     }
