@@ -43,7 +43,7 @@ from workers.drivers.hypervisor import (  # noqa: E402
     find_free_loopback_ports,
     generate_ed25519_keypair,
 )
-from workers.drivers.hypervisor.domain_xml import user_netdev_argument  # noqa: E402
+from workers.drivers.hypervisor.config import user_netdev_argument  # noqa: E402
 from workers.drivers.images import build_debian_image  # noqa: E402
 
 URI = "qemu:///system"
@@ -74,9 +74,9 @@ class Bench:
         self.manager_key = generate_ed25519_keypair("strata-bench")
 
     def close(self) -> None:
-        for domain in self.hypervisor.list_strata_domains():
+        for domain in self.hypervisor.guests.list():
             if domain.metadata.environment_id == "bench":
-                self.hypervisor.destroy(domain.name, domain.uuid)
+                self.hypervisor.guests.destroy(domain.name, domain.uuid)
         remove_pools(self.hypervisor)
         self.hypervisor.close()
 
@@ -104,11 +104,11 @@ class Bench:
         (port,) = find_free_loopback_ports(1)
         seed = self.seed(name, host_key)
         timer.lap("keys + seed ISO")
-        disk = hv.create_disk(name, self.image_name, DISK_GIB)
+        disk = hv.storage.create_disk(name, self.image_name, DISK_GIB)
         timer.lap("disk overlay")
-        seed_path = hv.write_seed(name, seed)
+        seed_path = hv.storage.write_seed(name, seed)
         timer.lap("seed volume")
-        hv.define(
+        hv.guests.define(
             DomainSpec(
                 name=name,
                 uuid=vm_uuid,
@@ -118,13 +118,13 @@ class Bench:
                 memory_mib=MEMORY_MIB,
                 disk_path=disk,
                 seed_path=seed_path,
-                console_log_path=hv.console_log_path(name),
+                console_log_path=hv.storage.console_log_path(name),
                 network=UserNetwork(ssh_host_port=port),
                 kernel_boot=self.kernel_boot(),
             )
         )
         timer.lap("define")
-        hv.start(vm_uuid)
+        hv.guests.start(vm_uuid)
         timer.lap("start")
         return vm_uuid, port, host_key, timer
 
@@ -133,7 +133,7 @@ class Bench:
         for run in range(runs):
             name = f"bench-cp-{run}"
             vm_uuid, _port, _key, timer = self.create_with_strata(name)
-            self.hypervisor.destroy(name, vm_uuid)
+            self.hypervisor.guests.destroy(name, vm_uuid)
             for lap, seconds in timer.laps.items():
                 laps.setdefault(lap, []).append(seconds)
         medians = {lap: statistics.median(values) for lap, values in laps.items()}
@@ -165,8 +165,8 @@ class Bench:
         name = "bench-boot"
         vm_uuid, port, host_key, timer = self.create_with_strata(name)
         ssh_seconds, docker_seconds = self.ssh_ready(port, host_key)
-        self.hypervisor.shutdown(vm_uuid, timeout=60)
-        self.hypervisor.destroy(name, vm_uuid)
+        self.hypervisor.guests.shutdown(vm_uuid, timeout=60)
+        self.hypervisor.guests.destroy(name, vm_uuid)
         return {
             "control plane": sum(timer.laps.values()),
             "start -> ssh": ssh_seconds,
@@ -228,7 +228,7 @@ class Bench:
 
     def remove_pools_at(self, directory: Path) -> None:
         """virt-install defines a pool for every directory it finds a disk in."""
-        connection = self.hypervisor.connection
+        connection = self.hypervisor.host.connection
         for pool in connection.listAllStoragePools(0):
             if f"<path>{directory}</path>" in pool.XMLDesc(0):
                 if pool.isActive():
@@ -247,11 +247,11 @@ class Bench:
                 check=True,
                 capture_output=True,
             )
-            self.hypervisor.import_base_image(f"bench-{label}", source)
+            self.hypervisor.storage.import_base_image(f"bench-{label}", source)
             times = []
             for run in range(runs):
                 started = time.perf_counter()
-                self.hypervisor.create_disk(f"bench-{label}-{run}", f"bench-{label}", 2)
+                self.hypervisor.storage.create_disk(f"bench-{label}-{run}", f"bench-{label}", 2)
                 times.append(time.perf_counter() - started)
             result[f"overlay on {data_mib} MiB base"] = statistics.median(times)
             if label == "large":
@@ -287,9 +287,9 @@ def main() -> None:
     work_dir.mkdir(mode=0o755)
     bench = Bench(work_dir, image)
     try:
-        bench.hypervisor.ensure_storage()
+        bench.hypervisor.storage.ensure_pools()
         started = time.perf_counter()
-        bench.hypervisor.import_base_image(bench.image_name, image.disk_path)
+        bench.hypervisor.storage.import_base_image(bench.image_name, image.disk_path)
         print_table(
             f"image {image.disk_path.name}: {image.size_bytes / 2**20:.0f} MiB file",
             {"import as base volume (once per host)": time.perf_counter() - started},

@@ -87,7 +87,7 @@ def sshd_guest(tmp_path, make_team):
         tmp_path / "sshd", host_key, KeyPair(manager.private_openssh, manager.public_openssh)
     )
     hv = Hypervisor("test:///default", TEST_DATA_DIR, virt_type="qemu")
-    hv.ensure_storage()
+    hv.storage.ensure_pools()
     team, _ = make_team("alpha")
     env = team_world(team, port=20022)
     vm = VirtualMachine.objects.get(environment=env)
@@ -95,8 +95,8 @@ def sshd_guest(tmp_path, make_team):
         state="running", ssh_port=sshd.port, host_key_public=host_key.public_line
     )
     vm.refresh_from_db()
-    hv.define(make_spec(name=vm.domain_name, uuid=str(vm.uuid), vm_id=str(vm.pk)))
-    hv.start(str(vm.uuid))
+    hv.guests.define(make_spec(name=vm.domain_name, uuid=str(vm.uuid), vm_id=str(vm.pk)))
+    hv.guests.start(str(vm.uuid))
     engine = docker.from_env()
     images = build_web_images(engine)
     yield vm, engine, images[0]

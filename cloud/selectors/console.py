@@ -15,7 +15,7 @@ _TERMINAL_NOISE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|[\x00-
 
 
 def console_log_path(vm: VirtualMachine) -> Path:
-    # The path workers.drivers.hypervisor.driver.Hypervisor.console_log_path gives for
+    # The path workers.drivers.hypervisor.storage.Storage.console_log_path gives for
     # the data directory the workers open the hypervisor with.
     return Path(settings.STRATA_DATA_DIR) / "console" / f"{vm.domain_name}.log"
 

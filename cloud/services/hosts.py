@@ -28,9 +28,9 @@ def register_host(name: str, libvirt_uri: str, virt_type: str | None = None) -> 
     )
     try:
         with hypervisor_at(libvirt_uri) as hypervisor:
-            capacity = hypervisor.capacity()
-            support = hypervisor.detect_virtualisation()
-            hypervisor.warm_capabilities(override or support.virt_type)
+            capacity = hypervisor.host.capacity()
+            support = hypervisor.host.detect_virtualisation()
+            hypervisor.host.warm_capabilities(override or support.virt_type)
     except HypervisorError as exc:
         raise HostUnavailable(f"{libvirt_uri}: {exc}") from exc
     host, created = Host.objects.select_for_update().get_or_create(

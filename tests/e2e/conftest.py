@@ -159,7 +159,7 @@ def guest_image():
 @pytest.fixture(scope="session")
 def e2e_hypervisor(e2e_install):
     with e2e_install.hypervisor() as hypervisor:
-        hypervisor.ensure_storage()
+        hypervisor.storage.ensure_pools()
         yield hypervisor
 
 
@@ -279,7 +279,7 @@ def booted_vm(django_db_setup, django_db_blocker, e2e_install, e2e_hypervisor, g
     try:
         yield vm
     finally:
-        e2e_hypervisor.destroy(vm.name, vm.uuid)
+        e2e_hypervisor.guests.destroy(vm.name, vm.uuid)
 
 
 @pytest.fixture

@@ -99,14 +99,14 @@ def create(team, user, name):
 
 def inventory(hypervisor, vm) -> dict[str, int]:
     """How many of each thing provisioning makes exist for ``vm``, in libvirt and the database."""
-    volumes = [v.kind for v in hypervisor.list_strata_volumes() if v.owner == vm.domain_name]
+    volumes = [v.kind for v in hypervisor.storage.list_volumes() if v.owner == vm.domain_name]
     return {
-        "domain": sum(d.uuid == str(vm.uuid) for d in hypervisor.list_strata_domains()),
+        "domain": sum(d.uuid == str(vm.uuid) for d in hypervisor.guests.list()),
         "disk": volumes.count(VolumeKind.DISK),
         "seed": volumes.count(VolumeKind.SEED),
         "forward": PortForward.objects.filter(vm=vm).count(),
         "container": Container.objects.filter(vm=vm).count(),
-        "console log": int(Path(hypervisor.console_log_path(vm.domain_name)).exists()),
+        "console log": int(Path(hypervisor.storage.console_log_path(vm.domain_name)).exists()),
     }
 
 
@@ -214,7 +214,7 @@ def test_worker_killed_at_each_point_of_the_boot(world, worker_factory, e2e_hype
     finally:
         for point in gates:
             (control.directory / f"{point}.block").unlink(missing_ok=True)
-        e2e_hypervisor.destroy(vm.domain_name, str(vm.uuid))
+        e2e_hypervisor.guests.destroy(vm.domain_name, str(vm.uuid))
 
 
 def libvirtd_running() -> bool:

@@ -114,10 +114,12 @@ def test_environment_lifecycle(
             succeeded(environments.destroy_environment(user=user, team=team, env_id=env.pk))
     finally:
         hv = e2e_hypervisor
-        leftovers = [d.name for d in hv.list_strata_domains() if d.uuid in made_uuids]
-        volumes = [v.name for v in hv.list_strata_volumes() if any(u in v.name for u in made_uuids)]
+        leftovers = [d.name for d in hv.guests.list() if d.uuid in made_uuids]
+        volumes = [
+            v.name for v in hv.storage.list_volumes() if any(u in v.name for u in made_uuids)
+        ]
         for vm_uuid in made_uuids:
-            hv.destroy(f"strata-{vm_uuid}", vm_uuid)  # clean up even when the test failed
+            hv.guests.destroy(f"strata-{vm_uuid}", vm_uuid)  # clean up even when the test failed
     assert not leftovers and not volumes
     console = settings.STRATA_DATA_DIR / "console"
     assert not [p for p in console.glob("*.log") if any(u in p.name for u in made_uuids)]

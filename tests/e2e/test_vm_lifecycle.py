@@ -28,8 +28,8 @@ def test_first_boot_reaches_ssh_with_pinned_host_key(booted_vm):
     """Finding 20: the shared guest comes from the product's own provision_vm plan
     (service, queue, worker, steps), so its first boot is the product's."""
     print(f"boot to ssh: {booted_vm.boot_to_ssh_seconds:.1f} s")
-    assert booted_vm.hypervisor.state(booted_vm.uuid) is DomainState.RUNNING
-    stats = booted_vm.hypervisor.domain_stats(booted_vm.uuid)
+    assert booted_vm.hypervisor.guests.state(booted_vm.uuid) is DomainState.RUNNING
+    stats = booted_vm.hypervisor.guests.stats(booted_vm.uuid)
     print(f"qemu rss: {stats.rss_mib} MiB, guest cpu time: {stats.cpu_time_ns / 1e9:.1f} s")
     assert stats.cpu_time_ns > 0 and stats.rss_mib > 0
     assert booted_vm.run(["hostname"]).strip() == booted_vm.hostname
@@ -57,46 +57,46 @@ def test_docker_runs_in_the_guest(booted_vm):
 def test_snapshot_create_and_revert(booted_vm):
     hypervisor = booted_vm.hypervisor
     started = time.monotonic()
-    snapshot = hypervisor.create_snapshot(booted_vm.uuid, SNAPSHOT)
+    snapshot = hypervisor.snapshots.create(booted_vm.uuid, SNAPSHOT)
     print(f"snapshot of the running guest: {time.monotonic() - started:.1f} s")
     assert snapshot.state == "running"
-    assert [s.name for s in hypervisor.list_snapshots(booted_vm.uuid)] == [SNAPSHOT]
+    assert [s.name for s in hypervisor.snapshots.list(booted_vm.uuid)] == [SNAPSHOT]
 
     booted_vm.run(["sh", "-c", f"touch {MARKER} && sync"])
     started = time.monotonic()
-    hypervisor.revert_snapshot(booted_vm.uuid, SNAPSHOT)
+    hypervisor.snapshots.revert(booted_vm.uuid, SNAPSHOT)
     print(f"revert: {time.monotonic() - started:.1f} s")
-    assert hypervisor.state(booted_vm.uuid) is DomainState.RUNNING
+    assert hypervisor.guests.state(booted_vm.uuid) is DomainState.RUNNING
     # The reverted guest never wrote the marker.
     assert (
         booted_vm.run(["sh", "-c", f"test -e {MARKER} && echo present || echo absent"]).strip()
         == "absent"
     )
 
-    hypervisor.delete_snapshot(booted_vm.uuid, SNAPSHOT)
-    assert hypervisor.list_snapshots(booted_vm.uuid) == []
+    hypervisor.snapshots.delete(booted_vm.uuid, SNAPSHOT)
+    assert hypervisor.snapshots.list(booted_vm.uuid) == []
 
 
 def test_graceful_shutdown_then_destroy_leaves_nothing(booted_vm):
     hypervisor = booted_vm.hypervisor
-    hypervisor.create_snapshot(booted_vm.uuid, "kept-until-destroy")
+    hypervisor.snapshots.create(booted_vm.uuid, "kept-until-destroy")
     started = time.monotonic()
-    assert hypervisor.shutdown(booted_vm.uuid, timeout=120) is True
+    assert hypervisor.guests.shutdown(booted_vm.uuid, timeout=120) is True
     print(f"graceful shutdown: {time.monotonic() - started:.1f} s")
-    assert hypervisor.state(booted_vm.uuid) is DomainState.SHUTOFF
-    console_log = hypervisor.console_log_path(booted_vm.name)
+    assert hypervisor.guests.state(booted_vm.uuid) is DomainState.SHUTOFF
+    console_log = hypervisor.storage.console_log_path(booted_vm.name)
     assert os.path.getsize(console_log) > 0
 
-    hypervisor.destroy(booted_vm.name, booted_vm.uuid)
-    hypervisor.destroy(booted_vm.name, booted_vm.uuid)  # already gone: still succeeds
+    hypervisor.guests.destroy(booted_vm.name, booted_vm.uuid)
+    hypervisor.guests.destroy(booted_vm.name, booted_vm.uuid)  # already gone: still succeeds
 
     with pytest.raises(NotFound):
-        hypervisor.state(booted_vm.uuid)
-    assert all(d.uuid != booted_vm.uuid for d in hypervisor.list_strata_domains())
-    assert all(v.owner != booted_vm.name for v in hypervisor.list_strata_volumes())
+        hypervisor.guests.state(booted_vm.uuid)
+    assert all(d.uuid != booted_vm.uuid for d in hypervisor.guests.list())
+    assert all(v.owner != booted_vm.name for v in hypervisor.storage.list_volumes())
     for path in (
-        hypervisor.disk_path(booted_vm.name),
-        hypervisor.seed_path(booted_vm.name),
+        hypervisor.storage.disk_path(booted_vm.name),
+        hypervisor.storage.seed_path(booted_vm.name),
         console_log,
     ):
         assert not os.path.exists(path), path

@@ -72,12 +72,12 @@ def wait_for_new_boot(vm: VirtualMachine, old_boot_id: str) -> str:
 
 def domain_state(vm: VirtualMachine) -> DomainState:
     with hypervisor(vm) as hv:
-        return hv.state(str(vm.uuid))
+        return hv.guests.state(str(vm.uuid))
 
 
 def snapshot_names(vm: VirtualMachine) -> list[str]:
     with hypervisor(vm) as hv:
-        return [s.name for s in hv.list_snapshots(str(vm.uuid))]
+        return [s.name for s in hv.snapshots.list(str(vm.uuid))]
 
 
 def test_every_vm_operation_on_a_real_guest(make_team, worker_factory, strata_host):
@@ -142,4 +142,4 @@ def test_every_vm_operation_on_a_real_guest(make_team, worker_factory, strata_ho
         )
     assert destroyed.state == "succeeded", (destroyed.error, job_report(destroyed))
     with hypervisor(vm) as hv:
-        assert str(vm.uuid) not in {d.uuid for d in hv.list_strata_domains()}
+        assert str(vm.uuid) not in {d.uuid for d in hv.guests.list()}

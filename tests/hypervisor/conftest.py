@@ -41,7 +41,7 @@ def test_hypervisor():
     test starts from the driver's stock state.
     """
     hypervisor = Hypervisor("test:///default", TEST_DATA_DIR, virt_type="qemu")
-    hypervisor.ensure_storage()
+    hypervisor.storage.ensure_pools()
     try:
         yield hypervisor
     finally:

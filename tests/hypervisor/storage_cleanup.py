@@ -8,8 +8,8 @@ from workers.drivers.hypervisor import Hypervisor
 
 
 def remove_pools(hypervisor: Hypervisor) -> None:
-    connection = hypervisor.connection
-    for name in (hypervisor.pool_name, hypervisor.console_pool_name):
+    connection = hypervisor.host.connection
+    for name in (hypervisor.storage.pool_name, hypervisor.storage.console_pool_name):
         try:
             pool = connection.storagePoolLookupByName(name)
         except libvirt.libvirtError as error:
@@ -27,7 +27,7 @@ def remove_pools(hypervisor: Hypervisor) -> None:
 def remove_domains_in(hypervisor: Hypervisor) -> None:
     """Destroy every domain whose disks live in this hypervisor's data directory:
     the ones this installation made, and no other's."""
-    prefix = hypervisor.data_dir.rstrip("/") + "/"
-    for domain in hypervisor.connection.listAllDomains(0):
+    prefix = hypervisor.storage.data_dir.rstrip("/") + "/"
+    for domain in hypervisor.host.connection.listAllDomains(0):
         if prefix in domain.XMLDesc(0):
-            hypervisor.destroy(domain.name(), domain.UUIDString())
+            hypervisor.guests.destroy(domain.name(), domain.UUIDString())

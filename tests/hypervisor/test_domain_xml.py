@@ -9,14 +9,14 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from workers.drivers.hypervisor import (
+    DomainConfig,
     ForwardSpec,
     InvalidSpec,
     KernelBoot,
     LibvirtNetwork,
     UserNetwork,
-    build_domain_xml,
 )
-from workers.drivers.hypervisor.domain_xml import (
+from workers.drivers.hypervisor.config import (
     QEMU_NAMESPACE,
     STRATA_NAMESPACE,
     parse_metadata_element,
@@ -29,7 +29,7 @@ S = f"{{{STRATA_NAMESPACE}}}"
 
 
 def parse(spec) -> ET.Element:
-    return ET.fromstring(build_domain_xml(spec))  # noqa: S314 - our own output
+    return ET.fromstring(DomainConfig(spec).to_xml())  # noqa: S314 - our own output
 
 
 def test_basic_structure():
@@ -138,7 +138,7 @@ HOSTILE_STRINGS = [
 @pytest.mark.parametrize("value", HOSTILE_STRINGS)
 def test_hostile_names_are_rejected(value):
     with pytest.raises(InvalidSpec) as error:
-        build_domain_xml(make_spec(name=value))
+        DomainConfig(make_spec(name=value)).to_xml()
     assert error.value.field == "name"
 
 
@@ -146,7 +146,7 @@ def test_hostile_names_are_rejected(value):
 def test_hostile_ids_are_rejected(value):
     for field in ("vm_id", "environment_id"):
         with pytest.raises(InvalidSpec) as error:
-            build_domain_xml(make_spec(**{field: value}))
+            DomainConfig(make_spec(**{field: value})).to_xml()
         assert error.value.field == field
 
 
@@ -154,25 +154,25 @@ def test_hostile_ids_are_rejected(value):
 def test_bad_sizes_are_rejected(value):
     for field in ("vcpus", "memory_mib"):
         with pytest.raises(InvalidSpec) as error:
-            build_domain_xml(make_spec(**{field: value}))
+            DomainConfig(make_spec(**{field: value})).to_xml()
         assert error.value.field == field
 
 
 @pytest.mark.parametrize("port", [0, -22, 65536, 10**6, "22", 22.0, True])
 def test_bad_ports_are_rejected(port):
     with pytest.raises(InvalidSpec) as error:
-        build_domain_xml(make_spec(network=UserNetwork(ssh_host_port=port)))
+        DomainConfig(make_spec(network=UserNetwork(ssh_host_port=port))).to_xml()
     assert error.value.field == "network.ssh_host_port"
     forward = UserNetwork(ssh_host_port=22001, forwards=(ForwardSpec(port, 80),))
     with pytest.raises(InvalidSpec) as error:
-        build_domain_xml(make_spec(network=forward))
+        DomainConfig(make_spec(network=forward)).to_xml()
     assert error.value.field == "network.forwards[0].host_port"
 
 
 def test_port_forwarded_twice_is_rejected():
     network = UserNetwork(ssh_host_port=22001, forwards=(ForwardSpec(22001, 80),))
     with pytest.raises(InvalidSpec) as error:
-        build_domain_xml(make_spec(network=network))
+        DomainConfig(make_spec(network=network)).to_xml()
     assert error.value.field == "network.forwards[0]"
 
 
@@ -191,7 +191,7 @@ def test_port_forwarded_twice_is_rejected():
 )
 def test_other_hostile_values_are_rejected(field, value):
     with pytest.raises(InvalidSpec) as error:
-        build_domain_xml(make_spec(**{field: value}))
+        DomainConfig(make_spec(**{field: value})).to_xml()
     assert error.value.field == field
 
 
@@ -206,7 +206,7 @@ def test_other_hostile_values_are_rejected(field, value):
 )
 def test_hostile_kernel_boot_is_rejected(kernel_boot, field):
     with pytest.raises(InvalidSpec) as error:
-        build_domain_xml(make_spec(kernel_boot=kernel_boot))
+        DomainConfig(make_spec(kernel_boot=kernel_boot)).to_xml()
     assert error.value.field == field
 
 
@@ -222,7 +222,7 @@ def test_hostile_kernel_boot_is_rejected(kernel_boot, field):
 )
 def test_hostile_libvirt_network_is_rejected(network, field):
     with pytest.raises(InvalidSpec) as error:
-        build_domain_xml(make_spec(network=network))
+        DomainConfig(make_spec(network=network)).to_xml()
     assert error.value.field == field
 
 

@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 import libvirt
 import pytest
 
-from workers.drivers.hypervisor import Hypervisor, InvalidSpec, build_domain_xml
+from workers.drivers.hypervisor import DomainConfig, Hypervisor, InvalidSpec
 from workers.drivers.hypervisor.virt_detect import (
     KVM_USABLE,
     QemuIdentity,
@@ -71,8 +71,7 @@ def capabilities_with(*features: str) -> str:
         (capabilities_with("vme", "hypervisor"), ()),
         # A guest's CPU flag elsewhere in the document is not the host's.
         (
-            "<capabilities><host><cpu/></host><guest><feature name='vmx'/></guest>"
-            "</capabilities>",
+            "<capabilities><host><cpu/></host><guest><feature name='vmx'/></guest></capabilities>",
             (),
         ),
         ("<capabilities/>", ()),
@@ -189,7 +188,7 @@ def test_the_qemu_user_and_group_come_from_qemu_conf(tmp_path):
 def test_the_test_driver_is_detected_as_tcg():
     """Issue 13: libvirt's test driver has no vmx/svm and no kvm domain capabilities."""
     with Hypervisor("test:///default", TEST_DATA_DIR) as hv:
-        support = hv.detect_virtualisation()
+        support = hv.host.detect_virtualisation()
     assert support.virt_type == "qemu"
     assert support.cpu_flags == () and not support.kvm_domain
     assert not support.kvm_device_checked  # not a QEMU driver: no device to check
@@ -201,7 +200,7 @@ def test_this_machine_is_detected_from_its_real_libvirt(tmp_path):
     /dev/kvm exists and libvirt offers kvm domains, but the CPU has no vmx/svm (KVM
     guests hang), so the choice must be qemu, saying why."""
     with Hypervisor("qemu:///system", tmp_path) as hv:
-        support = hv.detect_virtualisation()
+        support = hv.host.detect_virtualisation()
         assert support.kvm_device_checked
         if not host_cpu_has_virt_flag():
             assert support.virt_type == "qemu" and support.cpu_flags == ()
@@ -210,7 +209,7 @@ def test_this_machine_is_detected_from_its_real_libvirt(tmp_path):
             assert support.virt_type == ("kvm" if support.reason == KVM_USABLE else "qemu")
         # The same host with an unusable device node names the node as well.
         device = fake_kvm_node(tmp_path, "root", "root", 0o600)
-        blocked = hv.detect_virtualisation(kvm_device=device)
+        blocked = hv.host.detect_virtualisation(kvm_device=device)
     assert blocked.virt_type == "qemu"
     assert f"{device} is root:root 0600: libvirt's QEMU user" in blocked.reason
 
@@ -219,7 +218,7 @@ def test_this_machine_is_detected_from_its_real_libvirt(tmp_path):
 
 
 def cpu_element(spec) -> ET.Element | None:
-    root = ET.fromstring(build_domain_xml(spec))  # noqa: S314 - our own output
+    root = ET.fromstring(DomainConfig(spec).to_xml())  # noqa: S314 - our own output
     return root.find("cpu")
 
 
@@ -259,7 +258,7 @@ def test_tcg_keeps_its_cpu_element_whatever_the_mode():
 def test_hostile_cpu_models_are_refused_naming_the_field(model):
     """Issue 13: the CPU model is matched whole before it reaches the XML."""
     with pytest.raises(InvalidSpec) as error:
-        build_domain_xml(make_spec(virt_type="kvm", cpu_mode=model))
+        DomainConfig(make_spec(virt_type="kvm", cpu_mode=model)).to_xml()
     assert error.value.field == "cpu_mode"
 
 
@@ -270,7 +269,7 @@ def test_the_real_libvirt_accepts_both_kvm_cpu_elements(cpu_mode):
     spec = make_spec(name=f"h10-cpu-{cpu_mode.lower()}", virt_type="kvm", cpu_mode=cpu_mode)
     conn = libvirt.open("qemu:///system")
     try:
-        domain = conn.defineXML(build_domain_xml(spec))
+        domain = conn.defineXML(DomainConfig(spec).to_xml())
         try:
             cpu = ET.fromstring(domain.XMLDesc(0)).find("cpu")  # noqa: S314 - libvirtd's
             if cpu_mode == "host-passthrough":

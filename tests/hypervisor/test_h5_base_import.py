@@ -17,7 +17,7 @@ import libvirt
 import pytest
 
 from workers.drivers.hypervisor import Hypervisor, OperationTimeout, VolumeKind
-from workers.drivers.hypervisor import driver as driver_module
+from workers.drivers.hypervisor import storage as storage_module
 
 from .storage_cleanup import remove_pools
 from .test_qemu_system import TEST_ROOT, make_qcow2, qemu_img_info
@@ -47,9 +47,9 @@ def provision_disk(data_dir: str, pool_name: str, vm_name: str, source: str, sta
     """What a provision job's create-disk step does, in its own worker process."""
     with Hypervisor(URI, data_dir, pool_name=pool_name) as hypervisor:
         time.sleep(max(0.0, start_at - time.time()))
-        hypervisor.ensure_storage()
-        base = hypervisor.import_base_image("debian-12-fresh", source)
-        return base.path, hypervisor.create_disk(vm_name, "debian-12-fresh", size_gib=2)
+        hypervisor.storage.ensure_pools()
+        base = hypervisor.storage.import_base_image("debian-12-fresh", source)
+        return base.path, hypervisor.storage.create_disk(vm_name, "debian-12-fresh", size_gib=2)
 
 
 def test_concurrent_first_use_of_an_image_makes_one_base_and_every_disk(fresh_host):
@@ -66,8 +66,8 @@ def test_concurrent_first_use_of_an_image_makes_one_base_and_every_disk(fresh_ho
         futures = [
             pool.submit(
                 provision_disk,
-                hypervisor.data_dir,
-                hypervisor.pool_name,
+                hypervisor.storage.data_dir,
+                hypervisor.storage.pool_name,
                 name,
                 str(source),
                 start_at,
@@ -76,14 +76,14 @@ def test_concurrent_first_use_of_an_image_makes_one_base_and_every_disk(fresh_ho
         ]
         results = [future.result() for future in futures]
 
-    bases = [v for v in hypervisor.list_strata_volumes() if v.kind is VolumeKind.BASE]
+    bases = [v for v in hypervisor.storage.list_volumes() if v.kind is VolumeKind.BASE]
     assert [v.name for v in bases] == ["debian-12-fresh.base.qcow2"]
     assert {base_path for base_path, _disk in results} == {bases[0].path}
     assert os.path.getsize(bases[0].path) == os.path.getsize(source)
     compare = subprocess.run(["qemu-img", "compare", "-q", str(source), bases[0].path])
     assert compare.returncode == 0
     for name, (_base, disk) in zip(names, results, strict=True):
-        assert disk == hypervisor.disk_path(name)
+        assert disk == hypervisor.storage.disk_path(name)
         assert qemu_img_info(disk)["backing-filename"] == bases[0].path
 
 
@@ -91,21 +91,21 @@ def test_an_import_waits_for_the_lock_then_gives_up_transiently(fresh_host, monk
     """Finding 9.1: an import blocked by another importer's lock fails after a bounded
     wait with a transient error, and creates nothing."""
     hypervisor, work_dir = fresh_host
-    hypervisor.ensure_storage()
+    hypervisor.storage.ensure_pools()
     source = make_qcow2(work_dir / "held.qcow2", "64M", data_mib=1)
-    monkeypatch.setattr(driver_module, "BASE_IMPORT_LOCK_SECONDS", 1.0)
-    lock_path = Path(hypervisor.base_import_lock_path("held"))
+    monkeypatch.setattr(storage_module, "BASE_IMPORT_LOCK_SECONDS", 1.0)
+    lock_path = Path(hypervisor.storage.base_import_lock_path("held"))
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as holder:
         fcntl.flock(holder, fcntl.LOCK_EX)
         started = time.monotonic()
         with pytest.raises(OperationTimeout, match="held.base.qcow2") as error:
-            hypervisor.import_base_image("held", source)
+            hypervisor.storage.import_base_image("held", source)
         assert 1.0 <= time.monotonic() - started < 5
         assert error.value.transient
-        assert [v for v in hypervisor.list_strata_volumes() if v.kind is VolumeKind.BASE] == []
+        assert [v for v in hypervisor.storage.list_volumes() if v.kind is VolumeKind.BASE] == []
     # Released: the next import goes through.
-    assert hypervisor.import_base_image("held", source).owner == "held"
+    assert hypervisor.storage.import_base_image("held", source).owner == "held"
 
 
 class AlwaysBusyPool:
@@ -129,12 +129,12 @@ class AlwaysBusyPool:
 def test_a_pool_refresh_waits_for_builds_then_gives_up(monkeypatch):
     """Finding 9.1: a refresh refused because another job is building a volume is
     retried for a bounded time (then a transient error); other errors pass at once."""
-    monkeypatch.setattr(driver_module, "POOL_REFRESH_SECONDS", 0.5)
+    monkeypatch.setattr(storage_module, "POOL_REFRESH_SECONDS", 0.5)
     busy = AlwaysBusyPool("internal error: pool 'busy' has asynchronous jobs running.")
     with pytest.raises(OperationTimeout, match="busy") as error:
-        Hypervisor._refresh(busy)
+        storage_module.refresh_pool(busy)
     assert error.value.transient and busy.refreshes >= 2
     broken = AlwaysBusyPool("internal error: cannot read directory")
     with pytest.raises(libvirt.libvirtError):
-        Hypervisor._refresh(broken)
+        storage_module.refresh_pool(broken)
     assert broken.refreshes == 1

@@ -20,25 +20,27 @@ import libvirt
 import pytest
 
 from workers.drivers.hypervisor import (
+    DomainConfig,
+    Host,
+    HostUnreachable,
     HypervisorError,
     InvalidSpec,
     InvalidState,
+    LibvirtNetwork,
+    NetworkConfig,
+    NetworkDriver,
+    NetworkSpec,
     NotFound,
-    build_domain_xml,
 )
-from workers.drivers.hypervisor.network import (
+from workers.drivers.hypervisor.config import NetworkInterface
+from workers.drivers.hypervisor.spec import (
     NETWORK_NAME_PREFIX,
     DhcpHost,
     DnsHost,
-    NetworkConfig,
-    NetworkDriver,
-    NetworkInterface,
     bridge_name_for,
-    build_network_xml,
     default_dhcp_range,
     mac_address_for,
 )
-from workers.drivers.hypervisor.spec import LibvirtNetwork
 
 from .conftest import make_spec
 
@@ -47,7 +49,7 @@ WEB = DhcpHost(mac_address_for("101"), "10.77.1.10", "web-1")
 API = DhcpHost(mac_address_for("102"), "10.77.1.11", "api-1")
 
 
-def make_config(**overrides) -> NetworkConfig:
+def make_network(**overrides) -> NetworkSpec:
     values = dict(
         environment_id="7",
         uuid=str(uuid.UUID(int=7)),
@@ -59,32 +61,32 @@ def make_config(**overrides) -> NetworkConfig:
         dns_hosts=(DnsHost("10.77.1.11", ("api",)),),
     )
     values.update(overrides)
-    return NetworkConfig(**values)
+    return NetworkSpec(**values)
 
 
-def parse(config: NetworkConfig) -> ET.Element:
-    return ET.fromstring(build_network_xml(config))  # noqa: S314 - our own output
+def parse(network_spec: NetworkSpec) -> ET.Element:
+    return ET.fromstring(NetworkConfig(network_spec).to_xml())  # noqa: S314 - our own output
 
 
 @pytest.fixture
 def driver():
     """A NetworkDriver on the test driver; its state is shared by every
     connection of this process, so Strata's networks are removed afterwards."""
-    conn = libvirt.open("test:///default")
-    network_driver = NetworkDriver(conn)
+    host = Host("test:///default")
+    network_driver = NetworkDriver(host)
     try:
         yield network_driver
     finally:
         for network in network_driver.list():
             network_driver.remove(network.name)
-        conn.close()
+        host.close()
 
 
 # --- XML -------------------------------------------------------------------
 
 
 def test_isolated_network_structure():
-    root = parse(make_config())
+    root = parse(make_network())
     assert root.findtext("name") == "strata-7"
     assert root.findtext("uuid") == str(uuid.UUID(int=7))
     assert root.find("forward") is None, "isolated by default: no <forward>"
@@ -106,15 +108,17 @@ def test_isolated_network_structure():
 
 @pytest.mark.parametrize("mode", ["nat", "route"])
 def test_egress_modes_render_a_forward(mode):
-    root = parse(make_config(egress=mode, mtu=1450))
+    root = parse(make_network(egress=mode, mtu=1450))
     assert root.find("forward").attrib == {"mode": mode}
     assert root.find("mtu").attrib == {"size": "1450"}
 
 
 def test_gateway_is_the_first_host_and_range_the_upper_half():
-    config = make_config(subnet="10.77.8.0/28", dhcp_range=default_dhcp_range("10.77.8.0/28"))
-    assert config.gateway == "10.77.8.1"
-    assert config.dhcp_range == ("10.77.8.8", "10.77.8.14")
+    network_spec = make_network(
+        subnet="10.77.8.0/28", dhcp_range=default_dhcp_range("10.77.8.0/28")
+    )
+    assert network_spec.gateway == "10.77.8.1"
+    assert network_spec.dhcp_range == ("10.77.8.8", "10.77.8.14")
 
 
 def test_names_derived_from_ids_are_stable_short_and_distinct():
@@ -141,7 +145,9 @@ def virt_xml_validate(tmp_path, xml_text: str, schema: str) -> None:
 
 @pytest.mark.parametrize("egress", [None, "nat", "route"])
 def test_network_xml_passes_libvirts_schema(tmp_path, egress):
-    virt_xml_validate(tmp_path, build_network_xml(make_config(egress=egress, mtu=1450)), "network")
+    virt_xml_validate(
+        tmp_path, NetworkConfig(make_network(egress=egress, mtu=1450)).to_xml(), "network"
+    )
 
 
 def test_interface_element_fits_a_domain(tmp_path):
@@ -153,7 +159,7 @@ def test_interface_element_fits_a_domain(tmp_path):
     assert element.find("model").attrib == {"type": "virtio"}
     # The existing domain builder accepts the same network and MAC.
     spec = make_spec(network=LibvirtNetwork(network="strata-7", mac_address=WEB.mac_address))
-    domain = ET.fromstring(build_domain_xml(spec))  # noqa: S314 - our own output
+    domain = ET.fromstring(DomainConfig(spec).to_xml())  # noqa: S314 - our own output
     built = domain.find("devices/interface")
     assert ET.tostring(built) == ET.tostring(element)
     virt_xml_validate(tmp_path, ET.tostring(domain, encoding="unicode"), "domain")
@@ -220,7 +226,7 @@ HOSTILE = [
 @pytest.mark.parametrize(("field", "overrides"), HOSTILE)
 def test_hostile_values_are_refused_naming_the_field(field, overrides):
     with pytest.raises(InvalidSpec) as refused:
-        build_network_xml(make_config(**overrides))
+        NetworkConfig(make_network(**overrides)).to_xml()
     assert refused.value.field == field
 
 
@@ -242,36 +248,36 @@ def test_hostile_interface_values_are_refused(field, interface):
 
 
 def test_ensure_defines_starts_and_converges(driver):
-    config = make_config()
-    first = driver.ensure(config)
-    assert first.active and first.name == "strata-7" and first.bridge == config.bridge
-    assert first.dhcp_hosts == (WEB, API) and first.dns_hosts == config.dns_hosts
-    assert driver.ensure(config) == first, "a second ensure changes nothing"
+    network_spec = make_network()
+    first = driver.ensure(network_spec)
+    assert first.active and first.name == "strata-7" and first.bridge == network_spec.bridge
+    assert first.dhcp_hosts == (WEB, API) and first.dns_hosts == network_spec.dns_hosts
+    assert driver.ensure(network_spec) == first, "a second ensure changes nothing"
     assert [network.name for network in driver.list()] == ["strata-7"]
-    assert driver._conn.networkLookupByName("strata-7").autostart() == 1
+    assert driver._host.connection.networkLookupByName("strata-7").autostart() == 1
 
 
 def test_ensure_restarts_a_stopped_network(driver):
-    driver.ensure(make_config())
-    driver._conn.networkLookupByName("strata-7").destroy()
+    driver.ensure(make_network())
+    driver._host.connection.networkLookupByName("strata-7").destroy()
     assert driver.get("strata-7").active is False
-    assert driver.ensure(make_config()).active is True
+    assert driver.ensure(make_network()).active is True
 
 
 def test_ensure_refuses_a_network_with_another_subnet_and_changes_nothing(driver):
-    driver.ensure(make_config())
-    other = make_config(subnet="10.77.2.0/24", dhcp_range=default_dhcp_range("10.77.2.0/24"))
+    driver.ensure(make_network())
+    other = make_network(subnet="10.77.2.0/24", dhcp_range=default_dhcp_range("10.77.2.0/24"))
     with pytest.raises(InvalidState, match="address"):
         driver.ensure(dataclasses.replace(other, dhcp_hosts=(), dns_hosts=()))
     assert driver.get("strata-7").dhcp_hosts == (WEB, API)
     with pytest.raises(InvalidState, match="uuid"):
-        driver.ensure(make_config(uuid=str(uuid.UUID(int=8))))
+        driver.ensure(make_network(uuid=str(uuid.UUID(int=8))))
 
 
 def test_list_shows_only_strata_networks(driver):
-    driver.ensure(make_config())
+    driver.ensure(make_network())
     driver.ensure(
-        make_config(
+        make_network(
             environment_id="8",
             uuid=str(uuid.UUID(int=8)),
             environment_name="prod",
@@ -283,12 +289,14 @@ def test_list_shows_only_strata_networks(driver):
     )
     names = [network.name for network in driver.list()]
     assert names == ["strata-7", "strata-8"]
-    assert "default" in driver._conn.listNetworks(), "the test driver's own network is there"
+    assert "default" in driver._host.connection.listNetworks(), (
+        "the test driver's own network is there"
+    )
     assert all(name.startswith(NETWORK_NAME_PREFIX) for name in names)
 
 
 def test_remove_is_idempotent_and_leaves_nothing(driver):
-    driver.ensure(make_config())
+    driver.ensure(make_network())
     assert driver.remove("strata-7") is True
     assert driver.remove("strata-7") is False
     assert driver.list() == []
@@ -300,7 +308,7 @@ def test_remove_is_idempotent_and_leaves_nothing(driver):
 
 
 def test_dns_records_are_added_and_removed_live_idempotently(driver):
-    driver.ensure(make_config(dns_hosts=()))
+    driver.ensure(make_network(dns_hosts=()))
     record = DnsHost("10.77.1.11", ("api", "api.dev.acme.strata"))
     assert driver.put_dns_host("strata-7", record) is True
     assert driver.put_dns_host("strata-7", record) is False, "adding it again is no error"
@@ -311,14 +319,14 @@ def test_dns_records_are_added_and_removed_live_idempotently(driver):
 
 
 def test_a_name_moving_to_another_address_replaces_its_record(driver):
-    driver.ensure(make_config())
+    driver.ensure(make_network())
     moved = DnsHost("10.77.1.12", ("api",))
     assert driver.put_dns_host("strata-7", moved) is True
     assert driver.get("strata-7").dns_hosts == (moved,)
 
 
 def test_dhcp_hosts_are_reserved_and_released_live_idempotently(driver):
-    driver.ensure(make_config(dhcp_hosts=(WEB,)))
+    driver.ensure(make_network(dhcp_hosts=(WEB,)))
     assert driver.put_dhcp_host("strata-7", API) is True
     assert driver.put_dhcp_host("strata-7", API) is False
     assert driver.get("strata-7").dhcp_hosts == (WEB, API)
@@ -331,15 +339,15 @@ def test_dhcp_hosts_are_reserved_and_released_live_idempotently(driver):
 
 
 def test_records_of_a_stopped_network_go_to_its_config(driver):
-    driver.ensure(make_config(dns_hosts=()))
-    driver._conn.networkLookupByName("strata-7").destroy()
+    driver.ensure(make_network(dns_hosts=()))
+    driver._host.connection.networkLookupByName("strata-7").destroy()
     assert driver.put_dns_host("strata-7", DnsHost("10.77.1.11", ("api",))) is True
-    network = driver.ensure(make_config())
+    network = driver.ensure(make_network())
     assert network.active and network.dns_hosts == (DnsHost("10.77.1.11", ("api",)),)
 
 
 def test_hostile_records_are_refused_before_libvirt(driver):
-    driver.ensure(make_config())
+    driver.ensure(make_network())
     with pytest.raises(InvalidSpec) as refused:
         driver.put_dns_host("strata-7", DnsHost("10.77.9.1", ("api",)))
     assert refused.value.field == "record.ip"
@@ -355,9 +363,9 @@ def test_hostile_records_are_refused_before_libvirt(driver):
 
 
 def test_sync_records_repairs_drift(driver):
-    config = make_config()
-    driver.ensure(config)
-    network = driver._conn.networkLookupByName("strata-7")
+    network_spec = make_network()
+    driver.ensure(network_spec)
+    network = driver._host.connection.networkLookupByName("strata-7")
     flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE | libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
     stray = "<host ip='10.77.1.50'><hostname>stray</hostname></host>"
     network.update(
@@ -368,30 +376,30 @@ def test_sync_records_repairs_drift(driver):
         flags,
     )
     driver.remove_dhcp_host("strata-7", WEB.mac_address)
-    assert driver.sync_records("strata-7", config.dhcp_hosts, config.dns_hosts) is True
+    assert driver.sync_records("strata-7", network_spec.dhcp_hosts, network_spec.dns_hosts) is True
     repaired = driver.get("strata-7")
-    assert set(repaired.dhcp_hosts) == {WEB, API} and repaired.dns_hosts == config.dns_hosts
-    assert driver.sync_records("strata-7", config.dhcp_hosts, config.dns_hosts) is False
+    assert set(repaired.dhcp_hosts) == {WEB, API} and repaired.dns_hosts == network_spec.dns_hosts
+    assert driver.sync_records("strata-7", network_spec.dhcp_hosts, network_spec.dns_hosts) is False
 
 
 def test_two_writers_at_once_both_land(driver):
     """Two workers adding records to one network at the same moment (each on
     its own connection) must both succeed, and re-adding must stay quiet."""
-    driver.ensure(make_config(dns_hosts=()))
+    driver.ensure(make_network(dns_hosts=()))
     records = [DnsHost(f"10.77.1.{20 + n}", (f"svc-{n}",)) for n in range(8)]
     errors: list[BaseException] = []
     start = threading.Barrier(2)
 
     def writer(mine: list[DnsHost]) -> None:
-        conn = libvirt.open("test:///default")
+        host = Host("test:///default")
         try:
             start.wait()
             for record in mine:
-                NetworkDriver(conn).put_dns_host("strata-7", record)
+                NetworkDriver(host).put_dns_host("strata-7", record)
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             errors.append(error)
         finally:
-            conn.close()
+            host.close()
 
     threads = [threading.Thread(target=writer, args=(records[n::2],)) for n in range(2)]
     for thread in threads:
@@ -408,7 +416,7 @@ def test_a_writer_racing_between_read_and_update_is_retried(driver, monkeypatch)
     again, finds the record and reports no change instead of failing."""
     from workers.drivers.hypervisor import network as network_module
 
-    driver.ensure(make_config(dns_hosts=()))
+    driver.ensure(make_network(dns_hosts=()))
     record = DnsHost("10.77.1.11", ("api",))
     real_update = network_module._update
     raced = []
@@ -430,14 +438,14 @@ def test_two_ensures_at_once_make_one_running_network(driver):
     start = threading.Barrier(2)
 
     def ensure() -> None:
-        conn = libvirt.open("test:///default")
+        host = Host("test:///default")
         try:
             start.wait()
-            results.append(NetworkDriver(conn).ensure(make_config()))
+            results.append(NetworkDriver(host).ensure(make_network()))
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             results.append(error)
         finally:
-            conn.close()
+            host.close()
 
     threads = [threading.Thread(target=ensure) for _ in range(2)]
     for thread in threads:
@@ -450,19 +458,19 @@ def test_two_ensures_at_once_make_one_running_network(driver):
 
 
 def test_two_removes_at_once_leave_nothing_and_raise_nothing(driver):
-    driver.ensure(make_config())
+    driver.ensure(make_network())
     outcomes: list[object] = []
     start = threading.Barrier(2)
 
     def remove() -> None:
-        conn = libvirt.open("test:///default")
+        host = Host("test:///default")
         try:
             start.wait()
-            outcomes.append(NetworkDriver(conn).remove("strata-7"))
+            outcomes.append(NetworkDriver(host).remove("strata-7"))
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             outcomes.append(error)
         finally:
-            conn.close()
+            host.close()
 
     threads = [threading.Thread(target=remove) for _ in range(2)]
     for thread in threads:
@@ -482,16 +490,16 @@ def test_a_network_that_cannot_start_is_not_left_defined(driver, monkeypatch):
     or the bridge exists; the test driver never fails it, so the fault is injected."""
     monkeypatch.setattr(libvirt.virNetwork, "create", refuse_to_start)
     with pytest.raises(HypervisorError, match="already in use"):
-        driver.ensure(make_config())
+        driver.ensure(make_network())
     assert driver.list() == []
 
 
 def test_an_existing_network_that_cannot_start_stays_defined(driver, monkeypatch):
-    driver.ensure(make_config())
-    driver._conn.networkLookupByName("strata-7").destroy()
+    driver.ensure(make_network())
+    driver._host.connection.networkLookupByName("strata-7").destroy()
     monkeypatch.setattr(libvirt.virNetwork, "create", refuse_to_start)
     with pytest.raises(HypervisorError, match="already in use"):
-        driver.ensure(make_config())
+        driver.ensure(make_network())
     assert [network.name for network in driver.list()] == ["strata-7"]
 
 
@@ -501,27 +509,33 @@ def test_records_on_the_real_network_driver(tmp_path):
     defined but never started: no bridge, no dnsmasq, no address appears on
     this machine, and updates go to the config only."""
     try:
-        conn = libvirt.open("qemu:///system")
-    except libvirt.libvirtError as error:
+        host = Host("qemu:///system")
+    except HostUnreachable as error:
         pytest.skip(f"no libvirtd: {error}")
-    config = make_config(environment_id=f"h8test-{uuid.uuid4().hex[:8]}", uuid=str(uuid.uuid4()))
-    network = conn.networkDefineXML(build_network_xml(config))
+    conn = host.connection
+    network_spec = make_network(
+        environment_id=f"h8test-{uuid.uuid4().hex[:8]}", uuid=str(uuid.uuid4())
+    )
+    network = conn.networkDefineXML(NetworkConfig(network_spec).to_xml())
     try:
-        real = NetworkDriver(conn)
-        assert real.get(config.name).active is False and network.autostart() == 0
+        real = NetworkDriver(host)
+        assert real.get(network_spec.name).active is False and network.autostart() == 0
         record = DnsHost("10.77.1.12", ("db", "db.dev.acme.strata"))
-        assert real.put_dns_host(config.name, record) is True
-        assert real.put_dns_host(config.name, record) is False
+        assert real.put_dns_host(network_spec.name, record) is True
+        assert real.put_dns_host(network_spec.name, record) is False
         moved = dataclasses.replace(API, ip="10.77.1.13")
-        assert real.put_dhcp_host(config.name, moved) is True
-        assert real.get(config.name).dhcp_hosts == (WEB, moved)
-        assert real.remove_dns_host(config.name, "10.77.1.12") is True
-        assert real.remove_dns_host(config.name, "10.77.1.12") is False
-        assert real.sync_records(config.name, config.dhcp_hosts, config.dns_hosts) is True
-        synced = real.get(config.name)
-        assert set(synced.dhcp_hosts) == set(config.dhcp_hosts)
-        assert synced.dns_hosts == config.dns_hosts
+        assert real.put_dhcp_host(network_spec.name, moved) is True
+        assert real.get(network_spec.name).dhcp_hosts == (WEB, moved)
+        assert real.remove_dns_host(network_spec.name, "10.77.1.12") is True
+        assert real.remove_dns_host(network_spec.name, "10.77.1.12") is False
+        assert (
+            real.sync_records(network_spec.name, network_spec.dhcp_hosts, network_spec.dns_hosts)
+            is True
+        )
+        synced = real.get(network_spec.name)
+        assert set(synced.dhcp_hosts) == set(network_spec.dhcp_hosts)
+        assert synced.dns_hosts == network_spec.dns_hosts
         virt_xml_validate(tmp_path, network.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE), "network")
     finally:
         network.undefine()
-        conn.close()
+        host.close()

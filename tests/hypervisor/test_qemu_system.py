@@ -73,7 +73,7 @@ def hypervisor(work_dir):
         "qemu:///system", work_dir / "data", pool_name=f"strata-test-{work_dir.name}"
     )
     try:
-        hypervisor.ensure_storage()
+        hypervisor.storage.ensure_pools()
         yield hypervisor
     finally:
         remove_pools(hypervisor)
@@ -85,8 +85,8 @@ def images(work_dir, hypervisor) -> dict[str, StrataVolume]:
     small = make_qcow2(work_dir / "small.qcow2", "1G", data_mib=8)
     large = make_qcow2(work_dir / "large.qcow2", "1G", data_mib=512)
     return {
-        "small": hypervisor.import_base_image("small", small),
-        "large": hypervisor.import_base_image("large", large),
+        "small": hypervisor.storage.import_base_image("small", small),
+        "large": hypervisor.storage.import_base_image("large", large),
     }
 
 
@@ -101,9 +101,9 @@ def qemu_img_info(path: str) -> dict:
 
 
 def test_pools_exist_under_data_dir(hypervisor):
-    assert os.path.isdir(hypervisor.volumes_dir)
-    assert os.path.isdir(hypervisor.console_dir)
-    hypervisor.ensure_storage()  # a second run changes nothing
+    assert os.path.isdir(hypervisor.storage.volumes_dir)
+    assert os.path.isdir(hypervisor.storage.console_dir)
+    hypervisor.storage.ensure_pools()  # a second run changes nothing
 
 
 def test_import_makes_base_volumes(images):
@@ -115,47 +115,47 @@ def test_import_makes_base_volumes(images):
 
 def test_import_again_reuses_the_volume(hypervisor, images, work_dir):
     before = os.stat(images["small"].path).st_mtime_ns
-    again = hypervisor.import_base_image("small", work_dir / "small.qcow2")
+    again = hypervisor.storage.import_base_image("small", work_dir / "small.qcow2")
     assert again == images["small"]
     assert os.stat(images["small"].path).st_mtime_ns == before
 
 
 def test_import_replaces_a_volume_cut_short(hypervisor, work_dir):
     source = make_qcow2(work_dir / "cut.qcow2", "64M", data_mib=4)
-    volume = hypervisor.import_base_image("cut", source)
+    volume = hypervisor.storage.import_base_image("cut", source)
     os.truncate(volume.path, os.path.getsize(source) // 2)
-    replaced = hypervisor.import_base_image("cut", source)
+    replaced = hypervisor.storage.import_base_image("cut", source)
     assert os.path.getsize(replaced.path) == os.path.getsize(source)
-    hypervisor.delete_base_image("cut")
-    hypervisor.delete_base_image("cut")
-    assert "cut.base.qcow2" not in [v.name for v in hypervisor.list_strata_volumes()]
+    hypervisor.storage.delete_base_image("cut")
+    hypervisor.storage.delete_base_image("cut")
+    assert "cut.base.qcow2" not in [v.name for v in hypervisor.storage.list_volumes()]
 
 
 def test_import_never_replaces_a_base_that_disks_use(hypervisor, work_dir):
     first = make_qcow2(work_dir / "v1.qcow2", "64M", data_mib=4)
     second = make_qcow2(work_dir / "v2.qcow2", "64M", data_mib=8)
-    hypervisor.import_base_image("reused-name", first)
-    disk = hypervisor.create_disk("vm-on-v1", "reused-name", size_gib=1)
+    hypervisor.storage.import_base_image("reused-name", first)
+    disk = hypervisor.storage.create_disk("vm-on-v1", "reused-name", size_gib=1)
     with pytest.raises(InvalidState):
-        hypervisor.import_base_image("reused-name", second)
+        hypervisor.storage.import_base_image("reused-name", second)
     with pytest.raises(InvalidState, match="vm-on-v1"):
-        hypervisor.delete_base_image("reused-name")
+        hypervisor.storage.delete_base_image("reused-name")
     assert qemu_img_info(disk)["backing-filename"].endswith("reused-name.base.qcow2")
-    assert os.path.getsize(hypervisor.import_base_image("reused-name", first).path) == (
+    assert os.path.getsize(hypervisor.storage.import_base_image("reused-name", first).path) == (
         os.path.getsize(first)
     )
-    hypervisor.destroy("vm-on-v1", str(uuid.uuid4()))
+    hypervisor.guests.destroy("vm-on-v1", str(uuid.uuid4()))
     # Unused now: the name may take the new content.
-    replaced = hypervisor.import_base_image("reused-name", second)
+    replaced = hypervisor.storage.import_base_image("reused-name", second)
     assert os.path.getsize(replaced.path) == os.path.getsize(second)
-    hypervisor.delete_base_image("reused-name")
+    hypervisor.storage.delete_base_image("reused-name")
 
 
 def test_import_refuses_an_image_with_a_backing_file(hypervisor, work_dir):
     layered = make_qcow2(work_dir / "layered.qcow2", "64M", 0, backing=work_dir / "small.qcow2")
     with pytest.raises(HypervisorError, match="standalone"):
-        hypervisor.import_base_image("layered", layered)
-    assert "layered.base.qcow2" not in [v.name for v in hypervisor.list_strata_volumes()]
+        hypervisor.storage.import_base_image("layered", layered)
+    assert "layered.base.qcow2" not in [v.name for v in hypervisor.storage.list_volumes()]
 
 
 def test_disk_is_an_overlay_not_a_copy(hypervisor, images):
@@ -164,7 +164,7 @@ def test_disk_is_an_overlay_not_a_copy(hypervisor, images):
         runs = []
         for attempt in range(3):
             started = time.perf_counter()
-            path = hypervisor.create_disk(f"vm-{size}-{attempt}", size, size_gib=4)
+            path = hypervisor.storage.create_disk(f"vm-{size}-{attempt}", size, size_gib=4)
             runs.append(time.perf_counter() - started)
             info = qemu_img_info(path)
             assert info["format"] == "qcow2"
@@ -181,51 +181,51 @@ def test_disk_is_an_overlay_not_a_copy(hypervisor, images):
 
 
 def test_create_disk_again_keeps_the_disk(hypervisor, images):
-    path = hypervisor.create_disk("vm-again", "small", size_gib=2)
+    path = hypervisor.storage.create_disk("vm-again", "small", size_gib=2)
     inode = os.stat(path).st_ino
-    assert hypervisor.create_disk("vm-again", "small", size_gib=2) == path
+    assert hypervisor.storage.create_disk("vm-again", "small", size_gib=2) == path
     assert os.stat(path).st_ino == inode
     # A re-run asking for more grows it (a crash may have cut the first run short).
-    hypervisor.create_disk("vm-again", "small", size_gib=3)
+    hypervisor.storage.create_disk("vm-again", "small", size_gib=3)
     assert qemu_img_info(path)["virtual-size"] == 3 * GIB
 
 
 def test_create_disk_refusals(hypervisor, images):
     with pytest.raises(NotFound):
-        hypervisor.create_disk("vm-x", "no-such-image", size_gib=4)
+        hypervisor.storage.create_disk("vm-x", "no-such-image", size_gib=4)
     with pytest.raises(InvalidSpec) as error:
-        hypervisor.create_disk("../vm", "small", size_gib=4)
+        hypervisor.storage.create_disk("../vm", "small", size_gib=4)
     assert error.value.field == "name"
     with pytest.raises(InvalidSpec) as error:
-        hypervisor.create_disk("vm-x", "small", size_gib=0)
+        hypervisor.storage.create_disk("vm-x", "small", size_gib=0)
     assert error.value.field == "size_gib"
-    big_base = make_qcow2(Path(hypervisor.data_dir).parent / "big.qcow2", "3G", 0)
-    hypervisor.import_base_image("big", big_base)
+    big_base = make_qcow2(Path(hypervisor.storage.data_dir).parent / "big.qcow2", "3G", 0)
+    hypervisor.storage.import_base_image("big", big_base)
     with pytest.raises(InvalidSpec) as error:
-        hypervisor.create_disk("vm-x", "big", size_gib=2)
+        hypervisor.storage.create_disk("vm-x", "big", size_gib=2)
     assert error.value.field == "size_gib"
 
 
 def test_seed_is_rewritten(hypervisor):
-    first = hypervisor.write_seed("vm-seed", b"A" * 4096)
-    second = hypervisor.write_seed("vm-seed", b"B" * 2048)
-    assert first == second == hypervisor.seed_path("vm-seed")
+    first = hypervisor.storage.write_seed("vm-seed", b"A" * 4096)
+    second = hypervisor.storage.write_seed("vm-seed", b"B" * 2048)
+    assert first == second == hypervisor.storage.seed_path("vm-seed")
     assert Path(second).read_bytes() == b"B" * 2048
 
 
 def test_destroy_removes_volumes_without_a_domain(hypervisor, images):
-    hypervisor.create_disk("vm-gone", "small", size_gib=1)
-    hypervisor.write_seed("vm-gone", b"seed")
-    Path(hypervisor.console_log_path("vm-gone")).write_text("console\n")
-    owned = [v for v in hypervisor.list_strata_volumes() if v.owner == "vm-gone"]
+    hypervisor.storage.create_disk("vm-gone", "small", size_gib=1)
+    hypervisor.storage.write_seed("vm-gone", b"seed")
+    Path(hypervisor.storage.console_log_path("vm-gone")).write_text("console\n")
+    owned = [v for v in hypervisor.storage.list_volumes() if v.owner == "vm-gone"]
     assert {v.kind for v in owned} == {VolumeKind.DISK, VolumeKind.SEED}
 
-    hypervisor.destroy("vm-gone", str(uuid.uuid4()))
-    assert [v for v in hypervisor.list_strata_volumes() if v.owner == "vm-gone"] == []
-    assert not os.path.exists(hypervisor.console_log_path("vm-gone"))
+    hypervisor.guests.destroy("vm-gone", str(uuid.uuid4()))
+    assert [v for v in hypervisor.storage.list_volumes() if v.owner == "vm-gone"] == []
+    assert not os.path.exists(hypervisor.storage.console_log_path("vm-gone"))
     # The base images stay.
     assert {"small", "large"} <= {
-        v.owner for v in hypervisor.list_strata_volumes() if v.kind is VolumeKind.BASE
+        v.owner for v in hypervisor.storage.list_volumes() if v.kind is VolumeKind.BASE
     }
 
 
@@ -239,20 +239,20 @@ def test_guest_ignoring_acpi_is_forced_off(hypervisor, images):
         vm_id="no-os",
         vcpus=1,
         memory_mib=64,
-        disk_path=hypervisor.create_disk(name, "small", size_gib=1),
-        console_log_path=hypervisor.console_log_path(name),
+        disk_path=hypervisor.storage.create_disk(name, "small", size_gib=1),
+        console_log_path=hypervisor.storage.console_log_path(name),
         network=UserNetwork(ssh_host_port=find_free_loopback_ports(1)[0]),
     )
     try:
-        hypervisor.define(spec)
-        hypervisor.start(spec.uuid)
+        hypervisor.guests.define(spec)
+        hypervisor.guests.start(spec.uuid)
         started = time.monotonic()
-        assert hypervisor.shutdown(spec.uuid, timeout=2) is False
+        assert hypervisor.guests.shutdown(spec.uuid, timeout=2) is False
         # Forced only after its timeout; the upper bound is one a loaded machine meets.
         assert 2 <= time.monotonic() - started < 60
-        assert hypervisor.state(spec.uuid) is DomainState.SHUTOFF
-        stats = hypervisor.domain_stats(spec.uuid)
+        assert hypervisor.guests.state(spec.uuid) is DomainState.SHUTOFF
+        stats = hypervisor.guests.stats(spec.uuid)
         assert (stats.vcpus, stats.max_memory_mib) == (1, 64)
     finally:
-        hypervisor.destroy(name, spec.uuid)
-    assert [d for d in hypervisor.list_strata_domains() if d.uuid == spec.uuid] == []
+        hypervisor.guests.destroy(name, spec.uuid)
+    assert [d for d in hypervisor.guests.list() if d.uuid == spec.uuid] == []

@@ -65,7 +65,7 @@ def test_a_reconcile_pass_updates_the_detection_and_audits_a_change():
         detected_virt_type="kvm", virt_type_reason="KVM usable", virt_checked_at=None
     )
     with Hypervisor("test:///default", TEST_DATA_DIR) as hv:
-        hv.ensure_storage()
+        hv.storage.ensure_pools()
         counts = reconcile_host(host.pk)
         host.refresh_from_db()
         assert counts["virt_changed"] == 1
@@ -91,7 +91,7 @@ def test_an_override_wins_over_every_reconcile_pass():
     host, _ = register_host("h10-override", "test:///default")
     Host.objects.filter(pk=host.pk).update(virt_type_override="kvm")
     with Hypervisor("test:///default", TEST_DATA_DIR) as hv:
-        hv.ensure_storage()
+        hv.storage.ensure_pools()
         reconcile_host(host.pk)
     host.refresh_from_db()
     assert host.detected_virt_type == "qemu" and host.virt_type_override == "kvm"

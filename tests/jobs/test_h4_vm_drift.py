@@ -13,7 +13,7 @@ from cloud.models import Environment, Job, VirtualMachine
 from cloud.services import environments
 from tests.foundation.factories import catalogue
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
-from workers.drivers.hypervisor import DomainState, Hypervisor, HypervisorError
+from workers.drivers.hypervisor import DomainState, Guests, Hypervisor, HypervisorError, Snapshots
 from workers.jobs import engine as jobs
 from workers.jobs.reconcile import reconcile_host
 
@@ -26,7 +26,7 @@ RECORDED = {DomainState.RUNNING: "running", DomainState.SHUTOFF: "stopped"}
 def hv():
     # The test driver keeps its state while a connection is open.
     hypervisor = Hypervisor("test:///default", TEST_DATA_DIR, virt_type="qemu")
-    hypervisor.ensure_storage()
+    hypervisor.storage.ensure_pools()
     yield hypervisor
     hypervisor.close()
 
@@ -40,10 +40,10 @@ def running_vm(hv, make_team):
     vm = VirtualMachine.objects.create(
         environment=env, name="vm1", host=host, flavor=flavor, image=image, state="running"
     )
-    hv.define(make_spec(name=vm.domain_name, uuid=str(vm.uuid), vm_id=str(vm.pk)))
-    hv.start(str(vm.uuid))
+    hv.guests.define(make_spec(name=vm.domain_name, uuid=str(vm.uuid), vm_id=str(vm.pk)))
+    hv.guests.start(str(vm.uuid))
     yield team, user, vm
-    hv.destroy(vm.domain_name, str(vm.uuid))
+    hv.guests.destroy(vm.domain_name, str(vm.uuid))
     # The jobs were also sent to the host's queue, which no worker serves here.
     redis.Redis.from_url(settings.CELERY_BROKER_URL).delete(host.queue)
 
@@ -65,9 +65,9 @@ def reconcile_in_another_thread(host_id: int) -> dict:
     return result
 
 
-def reconcile_around(monkeypatch, method: str, host_id: int) -> list[dict]:
-    """Run a reconcile pass just before and just after ``Hypervisor.method``."""
-    real, passes = getattr(Hypervisor, method), []
+def reconcile_around(monkeypatch, driver_class: type, method: str, host_id: int) -> list[dict]:
+    """Run a reconcile pass just before and just after ``driver_class.method``."""
+    real, passes = getattr(driver_class, method), []
 
     def wrapped(self, *args, **kwargs):
         passes.append(reconcile_in_another_thread(host_id))
@@ -75,7 +75,7 @@ def reconcile_around(monkeypatch, method: str, host_id: int) -> list[dict]:
         passes.append(reconcile_in_another_thread(host_id))
         return outcome
 
-    monkeypatch.setattr(Hypervisor, method, wrapped)
+    monkeypatch.setattr(driver_class, method, wrapped)
     return passes
 
 
@@ -88,14 +88,14 @@ def act(team, user, vm, action, **params) -> Job:
 
 def assert_record_matches_libvirt(hv, vm, expected: str) -> None:
     vm.refresh_from_db()
-    assert (vm.state, RECORDED.get(hv.state(str(vm.uuid)))) == (expected, expected)
+    assert (vm.state, RECORDED.get(hv.guests.state(str(vm.uuid)))) == (expected, expected)
 
 
 def test_a_reconcile_pass_during_a_stop_does_not_restart_the_vm(hv, running_vm, monkeypatch):
     """Finding 9.7: a reconcile pass between the stop's state write and its shutdown,
     or right after the shutdown, must not restart the VM behind the database's back."""
     team, user, vm = running_vm
-    passes = reconcile_around(monkeypatch, "shutdown", vm.host_id)
+    passes = reconcile_around(monkeypatch, Guests, "shutdown", vm.host_id)
 
     job = act(team, user, vm, "stop")
 
@@ -113,13 +113,13 @@ def test_the_stop_writes_stopping_before_it_shuts_down(hv, running_vm, monkeypat
     """Finding 9.7: while the guest shuts down its record says stopping, not running."""
     team, user, vm = running_vm
     seen = []
-    real = Hypervisor.shutdown
+    real = Guests.shutdown
 
     def shutdown(self, uuid, timeout=60.0):
         seen.append(VirtualMachine.objects.get(pk=vm.pk).state)
         return real(self, uuid, timeout)
 
-    monkeypatch.setattr(Hypervisor, "shutdown", shutdown)
+    monkeypatch.setattr(Guests, "shutdown", shutdown)
     assert act(team, user, vm, "stop").state == "succeeded"
     assert seen == ["stopping"]
 
@@ -128,10 +128,10 @@ def test_a_reconcile_pass_during_a_revert_leaves_the_snapshots_state(hv, running
     """Finding 9.7: reverting a running VM to a snapshot of it stopped leaves it stopped,
     recorded as stopped, even with a reconcile pass in the middle."""
     team, user, vm = running_vm
-    hv.force_off(str(vm.uuid))
-    hv.create_snapshot(str(vm.uuid), "cold")
-    hv.start(str(vm.uuid))
-    passes = reconcile_around(monkeypatch, "revert_snapshot", vm.host_id)
+    hv.guests.force_off(str(vm.uuid))
+    hv.snapshots.create(str(vm.uuid), "cold")
+    hv.guests.start(str(vm.uuid))
+    passes = reconcile_around(monkeypatch, Snapshots, "revert", vm.host_id)
 
     job = act(team, user, vm, "revert", snapshot="cold")
 
@@ -145,8 +145,8 @@ def test_a_reconcile_pass_during_a_revert_leaves_the_snapshots_state(hv, running
 def test_reverting_a_stopped_vm_to_a_running_snapshot_records_running(hv, running_vm):
     """Finding 9.7: the revert records the state the snapshot brought back."""
     team, user, vm = running_vm
-    hv.create_snapshot(str(vm.uuid), "warm")
-    hv.force_off(str(vm.uuid))
+    hv.snapshots.create(str(vm.uuid), "warm")
+    hv.guests.force_off(str(vm.uuid))
     VirtualMachine.objects.filter(pk=vm.pk).update(state="stopped")
 
     assert act(team, user, vm, "revert", snapshot="warm").state == "succeeded"
@@ -159,13 +159,13 @@ def test_a_stop_that_fails_after_the_shutdown_records_what_libvirt_has(
     """Finding 9.7: a stop whose step fails after the guest went off leaves the record
     stopped (not running, which the reconciler would undo, nor stuck in stopping)."""
     team, user, vm = running_vm
-    real = Hypervisor.shutdown
+    real = Guests.shutdown
 
     def shutdown_then_fail(self, uuid, timeout=60.0):
         real(self, uuid, timeout)
         raise HypervisorError("the connection broke after the shutdown")
 
-    monkeypatch.setattr(Hypervisor, "shutdown", shutdown_then_fail)
+    monkeypatch.setattr(Guests, "shutdown", shutdown_then_fail)
     job = act(team, user, vm, "stop")
 
     assert job.state == "failed" and "connection broke" in job.error
@@ -182,7 +182,7 @@ def test_a_stop_that_fails_before_the_shutdown_leaves_the_vm_running(
     def refuse(self, uuid, timeout=60.0):
         raise HypervisorError("the guest refused")
 
-    monkeypatch.setattr(Hypervisor, "shutdown", refuse)
+    monkeypatch.setattr(Guests, "shutdown", refuse)
     job = act(team, user, vm, "stop")
 
     assert job.state == "failed"
@@ -192,7 +192,7 @@ def test_a_stop_that_fails_before_the_shutdown_leaves_the_vm_running(
 def test_a_stopping_vm_left_without_its_job_is_settled_by_the_reconciler(hv, running_vm):
     """Finding 9.7: a stop that died without recording its outcome is not stuck forever."""
     _, _, vm = running_vm
-    hv.force_off(str(vm.uuid))
+    hv.guests.force_off(str(vm.uuid))
     VirtualMachine.objects.filter(pk=vm.pk).update(state="stopping")
 
     counts = reconcile_host(vm.host_id)
@@ -204,13 +204,14 @@ def test_a_stopping_vm_left_without_its_job_is_settled_by_the_reconciler(hv, run
 def test_a_vm_whose_environment_a_job_holds_is_left_alone(hv, running_vm):
     """Finding 9.7: the reconciler skips VMs whose environment lock an unfinished job holds."""
     team, _, vm = running_vm
-    hv.force_off(str(vm.uuid))  # looks like a crash, but a job is working on the environment
+    # Looks like a crash, but a job is working on the environment.
+    hv.guests.force_off(str(vm.uuid))
     holder = Job.objects.create(team=team, kind="deploy", environment=vm.environment)
     Environment.objects.filter(pk=vm.environment_id).update(lock_job=holder)
 
     counts = reconcile_host(vm.host_id)
     assert counts["busy"] == 1 and counts["restarted"] == 0
-    assert hv.state(str(vm.uuid)) is DomainState.SHUTOFF
+    assert hv.guests.state(str(vm.uuid)) is DomainState.SHUTOFF
 
     Job.objects.filter(pk=holder.pk).update(state="succeeded")
     counts = reconcile_host(vm.host_id)

@@ -15,7 +15,7 @@ from cloud.models import Orphan
 from tenants.models import AuditEvent
 from tests.foundation.factories import catalogue
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
-from workers.drivers.hypervisor import Hypervisor, HypervisorError, NotFound
+from workers.drivers.hypervisor import Guests, Hypervisor, HypervisorError, NotFound
 from workers.jobs.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.django_db, pytest.mark.libvirt]
@@ -37,7 +37,7 @@ def drivers(settings):
         for name in ("alpha", "beta", None)
     }
     for hv in made.values():
-        hv.ensure_storage()
+        hv.storage.ensure_pools()
     yield made
     for hv in made.values():
         hv.close()
@@ -47,16 +47,16 @@ def leave_orphans(hv: Hypervisor) -> set[str]:
     """A Strata VM's domain with its seed, and a lone seed of another VM, none of
     them with a record; returns their names."""
     in_domain, lone = (f"strata-{uuid.uuid4()}" for _ in range(2))
-    hv.define(make_spec(name=in_domain, uuid=in_domain.removeprefix("strata-"), vm_id="9"))
-    pool = hv.connection.storagePoolLookupByName(hv.pool_name)
-    seeds = {os.path.basename(hv.seed_path(name)) for name in (in_domain, lone)}
+    hv.guests.define(make_spec(name=in_domain, uuid=in_domain.removeprefix("strata-"), vm_id="9"))
+    pool = hv.host.connection.storagePoolLookupByName(hv.storage.pool_name)
+    seeds = {os.path.basename(hv.storage.seed_path(name)) for name in (in_domain, lone)}
     for seed in seeds:
         pool.createXML(f"<volume><name>{seed}</name><capacity>1024</capacity></volume>", 0)
     return {in_domain, *seeds}
 
 
 def present(hv: Hypervisor) -> set[str]:
-    return {d.name for d in hv.list_strata_domains()} | {v.name for v in hv.list_strata_volumes()}
+    return {d.name for d in hv.guests.list()} | {v.name for v in hv.storage.list_volumes()}
 
 
 def sweep(host_id: int) -> dict[str, int]:
@@ -67,9 +67,9 @@ def sweep(host_id: int) -> dict[str, int]:
 
 
 def remove_all(hv: Hypervisor, names: set[str]) -> None:
-    for domain in hv.list_strata_domains():
+    for domain in hv.guests.list():
         if domain.name in names:
-            hv.destroy(domain.name, domain.uuid)
+            hv.guests.destroy(domain.name, domain.uuid)
 
 
 def test_each_installation_sweeps_only_its_own(drivers, settings):
@@ -103,7 +103,7 @@ def test_an_orphan_not_named_like_a_vm_is_kept_logged_and_not_audited(drivers, s
     settings.STRATA_INSTALLATION_ID = "alpha"
     host = catalogue()[0]
     odd = make_spec(name="hand-made", uuid=str(uuid.uuid4()), vm_id="9")
-    drivers["alpha"].define(odd)
+    drivers["alpha"].guests.define(odd)
     try:
         with caplog.at_level(logging.WARNING, logger="workers.jobs.reconcile"):
             assert sweep(host.pk) == {"seen": 1, "removed": 0}
@@ -112,7 +112,7 @@ def test_an_orphan_not_named_like_a_vm_is_kept_logged_and_not_audited(drivers, s
         assert Orphan.objects.filter(kind="domain", name="hand-made").exists()
         assert "skipped orphan domain hand-made" in caplog.text
     finally:
-        drivers["alpha"].destroy("hand-made", odd.uuid)
+        drivers["alpha"].guests.destroy("hand-made", odd.uuid)
 
 
 def test_an_orphan_that_cannot_be_removed_is_not_audited(drivers, settings, caplog, monkeypatch):
@@ -122,15 +122,15 @@ def test_an_orphan_that_cannot_be_removed_is_not_audited(drivers, settings, capl
     host = catalogue()[0]
     stuck, fine = (f"strata-{uuid.uuid4()}" for _ in range(2))
     for name in (stuck, fine):
-        drivers["alpha"].define(make_spec(name=name, uuid=name.removeprefix("strata-")))
-    real_destroy = Hypervisor.destroy
+        drivers["alpha"].guests.define(make_spec(name=name, uuid=name.removeprefix("strata-")))
+    real_destroy = Guests.destroy
 
-    def destroy(hv, vm_name, vm_uuid):
+    def destroy(guests, vm_name, vm_uuid):
         if vm_name == stuck:
             raise HypervisorError("Requested operation is not valid: domain is locked")
-        return real_destroy(hv, vm_name, vm_uuid)
+        return real_destroy(guests, vm_name, vm_uuid)
 
-    monkeypatch.setattr(Hypervisor, "destroy", destroy)
+    monkeypatch.setattr(Guests, "destroy", destroy)
     try:
         with caplog.at_level(logging.WARNING, logger="workers.jobs.reconcile"):
             assert sweep(host.pk) == {"seen": 2, "removed": 1}
@@ -142,6 +142,6 @@ def test_an_orphan_that_cannot_be_removed_is_not_audited(drivers, settings, capl
         assert f"cannot remove orphan domain {stuck}" in caplog.text
     finally:
         monkeypatch.undo()
-        real_destroy(drivers["alpha"], stuck, stuck.removeprefix("strata-"))
+        real_destroy(drivers["alpha"].guests, stuck, stuck.removeprefix("strata-"))
     with pytest.raises(NotFound):
-        drivers["alpha"].state(stuck.removeprefix("strata-"))
+        drivers["alpha"].guests.state(stuck.removeprefix("strata-"))

@@ -26,7 +26,7 @@ def hv():
         virt_type="qemu",
         installation_id=settings.STRATA_INSTALLATION_ID,
     )
-    hypervisor.ensure_storage()
+    hypervisor.storage.ensure_pools()
     yield hypervisor
     hypervisor.close()
 
@@ -44,7 +44,7 @@ def vm(hv, make_team):
 
 
 def define_for(hv, vm_uuid, name):
-    hv.define(make_spec(name=name, uuid=vm_uuid, vm_id="999"))
+    hv.guests.define(make_spec(name=name, uuid=vm_uuid, vm_id="999"))
 
 
 def test_a_vm_whose_domain_vanished_is_marked_lost_not_deleted(hv, vm):
@@ -56,9 +56,9 @@ def test_a_vm_whose_domain_vanished_is_marked_lost_not_deleted(hv, vm):
 
 def test_a_vm_that_should_run_is_started_again(hv, vm):
     define_for(hv, str(vm.uuid), vm.domain_name)
-    assert hv.state(str(vm.uuid)) == DomainState.SHUTOFF
+    assert hv.guests.state(str(vm.uuid)) == DomainState.SHUTOFF
     assert reconcile_host(vm.host_id)["restarted"] == 1
-    assert hv.state(str(vm.uuid)) == DomainState.RUNNING
+    assert hv.guests.state(str(vm.uuid)) == DomainState.RUNNING
     assert AuditEvent.objects.filter(action="vm.restarted").exists()
 
 
@@ -67,7 +67,7 @@ def test_orphans_are_noted_then_removed_after_the_grace_period(hv, vm, settings)
     stray = str(uuid.uuid4())
     define_for(hv, stray, f"strata-{stray}")
     lone = str(uuid.uuid4())
-    hv.connection.storagePoolLookupByName(hv.pool_name).createXML(
+    hv.host.connection.storagePoolLookupByName(hv.storage.pool_name).createXML(
         f"<volume><name>strata-{lone}.{hv.installation_id}.seed.iso</name>"
         "<capacity>1024</capacity></volume>",
         0,
@@ -85,8 +85,8 @@ def test_orphans_are_noted_then_removed_after_the_grace_period(hv, vm, settings)
     counts = reconcile_host(vm.host_id)
     assert counts["orphans_removed"] == 2
     assert not Orphan.objects.exists()
-    assert [d.uuid for d in hv.list_strata_domains()] == [str(vm.uuid)]
-    assert not [v for v in hv.list_strata_volumes() if lone in v.name]
+    assert [d.uuid for d in hv.guests.list()] == [str(vm.uuid)]
+    assert not [v for v in hv.storage.list_volumes() if lone in v.name]
     assert AuditEvent.objects.filter(action="orphan.removed").count() == 2
 
 
@@ -100,7 +100,7 @@ def test_a_found_again_vm_leaves_lost(hv, vm):
 
 def test_running_vms_are_sampled_and_old_samples_pruned(hv, vm):
     define_for(hv, str(vm.uuid), vm.domain_name)
-    hv.start(str(vm.uuid))
+    hv.guests.start(str(vm.uuid))
     VMSample.objects.all().delete()  # the factory's sample
     stale = VMSample.objects.create(
         vm=vm, at=timezone.now() - timedelta(hours=25), cpu_percent=1, cpu_time_ns=1, memory_mib=1
@@ -109,7 +109,7 @@ def test_running_vms_are_sampled_and_old_samples_pruned(hv, vm):
     assert reconcile_host(vm.host_id)["samples"] == 1
     assert not VMSample.objects.filter(pk=stale.pk).exists()
     first = VMSample.objects.get(vm=vm)
-    stats = hv.domain_stats(str(vm.uuid))
+    stats = hv.guests.stats(str(vm.uuid))
     assert first.cpu_percent == 0 and first.cpu_time_ns > 0
     assert first.memory_mib == (stats.rss_mib if stats.rss_mib is not None else stats.memory_mib)
     assert first.memory_mib > 0

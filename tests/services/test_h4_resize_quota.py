@@ -7,7 +7,7 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from cloud.models import Environment, Flavor, Host, Image, Job, VirtualMachine
+from cloud.models import Environment, Flavor, Host, Image, Job, PortForward, VirtualMachine
 from cloud.services import environments
 from cloud.services.errors import Busy, QuotaExceeded, ValidationError
 from tenants.models import ApiToken, Quota
@@ -169,16 +169,18 @@ def test_a_done_resize_counts_its_flavor_once(world):
     """Finding 9.8: after the resize the VM's new flavor is its usage, not twice."""
     team, user, (one, _) = world
     hv = Hypervisor("test:///default", TEST_DATA_DIR, virt_type="qemu")
-    hv.ensure_storage()
+    hv.storage.ensure_pools()
     try:
-        hv.define(make_spec(name=one.domain_name, uuid=str(one.uuid), vm_id=str(one.pk)))
+        hv.guests.define(make_spec(name=one.domain_name, uuid=str(one.uuid), vm_id=str(one.pk)))
+        # A provisioned VM has its SSH forward: the resize redefines the domain with it.
+        PortForward.objects.create(host=one.host, host_port=22001, vm=one, guest_port=22)
         done = resize(team, user, one)
         jobs.run(str(done.id))
         done.refresh_from_db()
         assert done.state == "succeeded", done.error
-        assert hv.domain_stats(str(one.uuid)).vcpus == 2
+        assert hv.guests.stats(str(one.uuid)).vcpus == 2
     finally:
-        hv.destroy(one.domain_name, str(one.uuid))
+        hv.guests.destroy(one.domain_name, str(one.uuid))
         hv.close()
     assert VirtualMachine.objects.get(pk=one.pk).flavor.name == "medium"
     assert environments.team_usage(team)["vcpus"] == 3

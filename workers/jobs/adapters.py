@@ -112,6 +112,7 @@ def forward_port(vm: VirtualMachine, guest_port: int) -> PortForward:
 
 
 def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
+    """The domain of ``vm``; the driver validates it, once, when it builds the XML."""
     published = PortForward.objects.filter(vm=vm).exclude(guest_port=SSH_GUEST_PORT).order_by("pk")
     network = UserNetwork(
         ssh_host_port=ssh_port(vm),
@@ -129,11 +130,11 @@ def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
         environment_id=str(vm.environment_id),
         vcpus=vm.flavor.vcpus,
         memory_mib=vm.flavor.memory_mb,
-        disk_path=hv.disk_path(vm.domain_name),
-        console_log_path=hv.console_log_path(vm.domain_name),
+        disk_path=hv.storage.disk_path(vm.domain_name),
+        console_log_path=hv.storage.console_log_path(vm.domain_name),
         network=network,
-        seed_path=hv.seed_path(vm.domain_name),
+        seed_path=hv.storage.seed_path(vm.domain_name),
         virt_type=vm.host.virt_type,
         cpu_mode=vm.host.cpu_mode,
         kernel_boot=kernel,
-    ).validate()
+    )

@@ -60,10 +60,10 @@ def reconcile_host(host_id: int) -> dict[str, int]:
     counts = {"lost": 0, "restarted": 0, "orphans_seen": 0, "orphans_removed": 0, "unchanged": 0}
     with host_hypervisor(host) as hv:
         counts["virt_changed"] = _refresh_virtualisation(host, hv)
-        domains = {d.uuid: d for d in hv.list_strata_domains()}
-        hv.ensure_storage()
+        domains = {d.uuid: d for d in hv.guests.list()}
+        hv.storage.ensure_pools()
         volumes = [
-            v for v in hv.list_strata_volumes() if v.kind in (VolumeKind.DISK, VolumeKind.SEED)
+            v for v in hv.storage.list_volumes() if v.kind in (VolumeKind.DISK, VolumeKind.SEED)
         ]
         vms = {
             str(vm.uuid): vm
@@ -92,7 +92,7 @@ def reconcile_host(host_id: int) -> dict[str, int]:
 def _refresh_virtualisation(host: Host, hv: Hypervisor) -> int:
     """Detect again what the host can do (a BIOS switch, a kernel module or the
     /dev/kvm mode may have changed); store and audit a change. 1 if changed."""
-    support = hv.detect_virtualisation()
+    support = hv.host.detect_virtualisation()
     before = host.virt_type
     changed = record_virt_support(host, support)
     Host.objects.filter(pk=host.pk).update(
@@ -166,10 +166,10 @@ def _restart(hv: Hypervisor, vm: VirtualMachine) -> str:
         if current != VMState.RUNNING or vm.pk in vms_a_job_acts_on(vm.host_id):
             return "unchanged"
         uuid = str(vm.uuid)
-        state = hv.state(uuid)
+        state = hv.guests.state(uuid)
         if state not in (DomainState.SHUTOFF, DomainState.CRASHED):
             return "unchanged"
-        hv.start(uuid)
+        hv.guests.start(uuid)
         AuditEvent.record(
             "vm.restarted",
             team=vm.environment.team,
@@ -191,7 +191,7 @@ def _record_samples(hv: Hypervisor, vms: dict, domains: dict) -> int:
         if vm.state != VMState.RUNNING or domain is None or domain.state != DomainState.RUNNING:
             continue
         try:
-            stats = hv.domain_stats(uuid)
+            stats = hv.guests.stats(uuid)
         except HypervisorError as exc:
             log.warning("cannot read the stats of %s: %s", vm, exc)
             continue
@@ -321,7 +321,7 @@ def _remove_orphan(hv: Hypervisor, kind: str, name: str, owner) -> bool:
     vm_name = name if kind == Orphan.Kind.DOMAIN else f"strata-{owner}"
     if not VM_DOMAIN_NAME.fullmatch(vm_name):
         return False
-    hv.destroy(vm_name, owner)
+    hv.guests.destroy(vm_name, owner)
     return True
 
 

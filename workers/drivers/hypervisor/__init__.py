@@ -1,22 +1,14 @@
-"""Hypervisor driver: libvirt domains, storage volumes, cloud-init seeds.
+"""Hypervisor driver: libvirt domains, storage volumes, snapshots, environment
+networks, cloud-init seeds.
 
-No Django here. The job layer calls a ``Hypervisor``'s step methods
-(ensure_storage, import_base_image, create_disk, write_seed, define, start,
-shutdown, destroy, ...), each safe to re-run, and retries errors whose
-``transient`` attribute is true.
+No Django here. The job layer builds a ``Hypervisor`` and calls the step
+methods of its parts (``hv.storage.ensure_pools``, ``hv.storage.create_disk``,
+``hv.guests.define``, ``hv.guests.start``, ``hv.snapshots.create``, ...), each
+safe to re-run, and retries errors whose ``transient`` attribute is true.
 """
 
-from .domain_xml import STRATA_NAMESPACE, StrataMetadata, build_domain_xml
-from .driver import (
-    DomainState,
-    DomainStats,
-    HostCapacity,
-    Hypervisor,
-    Snapshot,
-    StrataDomain,
-    StrataVolume,
-    VolumeKind,
-)
+from .config import STRATA_NAMESPACE, DomainConfig, NetworkConfig, StrataMetadata
+from .driver import Hypervisor
 from .errors import (
     ConnectionLost,
     HostUnreachable,
@@ -26,17 +18,36 @@ from .errors import (
     NotFound,
     OperationTimeout,
 )
+from .guest import DomainState, DomainStats, Guests, StrataDomain
+from .host import Host, HostCapacity
+from .network import NetworkDriver, StrataNetwork
 from .ports import find_free_loopback_ports
 from .seed import SeedConfig, SshKeyPair, build_seed_iso, generate_ed25519_keypair
-from .spec import DomainSpec, ForwardSpec, KernelBoot, LibvirtNetwork, UserNetwork
+from .snapshots import Snapshot, Snapshots
+from .spec import (
+    DhcpHost,
+    DnsHost,
+    DomainSpec,
+    ForwardSpec,
+    KernelBoot,
+    LibvirtNetwork,
+    NetworkSpec,
+    UserNetwork,
+)
+from .storage import Storage, StrataVolume, VolumeKind
 
 __all__ = [
     "STRATA_NAMESPACE",
     "ConnectionLost",
+    "DhcpHost",
+    "DnsHost",
+    "DomainConfig",
     "DomainSpec",
     "DomainState",
     "DomainStats",
     "ForwardSpec",
+    "Guests",
+    "Host",
     "HostCapacity",
     "HostUnreachable",
     "Hypervisor",
@@ -45,17 +56,22 @@ __all__ = [
     "InvalidState",
     "KernelBoot",
     "LibvirtNetwork",
+    "NetworkConfig",
+    "NetworkDriver",
+    "NetworkSpec",
     "NotFound",
     "OperationTimeout",
     "SeedConfig",
     "Snapshot",
+    "Snapshots",
     "SshKeyPair",
+    "Storage",
     "StrataDomain",
     "StrataMetadata",
+    "StrataNetwork",
     "StrataVolume",
     "UserNetwork",
     "VolumeKind",
-    "build_domain_xml",
     "build_seed_iso",
     "find_free_loopback_ports",
     "generate_ed25519_keypair",

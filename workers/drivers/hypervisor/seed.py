@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from .errors import InvalidSpec
-from .spec import STRATA_ID_PATTERN, require_domain_name, require_match
+from .validation import STRATA_ID_PATTERN, require_domain_name, require_match
 
 SEED_VOLUME_LABEL = "cidata"
 # NoCloud reads exactly these names; network-config is optional.

@@ -1,28 +1,36 @@
-"""Validated descriptions of what the driver builds: domains, disks, networks.
+"""Validated descriptions of what the driver builds: domains and their
+networks, and environment networks with their DHCP and DNS records.
 
-Every value that ends up in domain XML, a QEMU argument or a file path passes a
-check here first; a refused value raises InvalidSpec naming the field, so an
-API caller gets a clear 4xx and nothing is changed.
+Each ``validate()`` passes every value through ``validation``; the XML is made
+from these in ``config``.
 """
 
 from __future__ import annotations
 
-import os
+import base64
+import hashlib
+import ipaddress
 import re
-import uuid
 from dataclasses import dataclass
 
 from .errors import InvalidSpec
+from .validation import (
+    LIBVIRT_OBJECT_NAME_PATTERN,
+    STRATA_ID_PATTERN,
+    require_absolute_path,
+    require_dns_name,
+    require_domain_name,
+    require_host_in,
+    require_int,
+    require_mac,
+    require_match,
+    require_port,
+    require_subnet,
+    require_uuid,
+)
 
-# A DNS label: usable as libvirt domain name, guest hostname and file-name stem.
-DOMAIN_NAME_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-# Strata ids (database keys, UUIDs) carried in the domain's metadata.
-STRATA_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-LIBVIRT_OBJECT_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MAC_PATTERN = re.compile(r"52:54:00(?::[0-9a-f]{2}){3}")
 # Printable ASCII only: the command line goes to the guest kernel verbatim.
 KERNEL_CMDLINE_PATTERN = re.compile(r"[\x20-\x7e]{1,1024}")
-
 VIRT_TYPES = ("kvm", "qemu")
 # On KVM a guest sees the host CPU as it is, or a named libvirt CPU model
 # (stable across hosts with different CPUs, e.g. "Skylake-Client-IBRS").
@@ -33,60 +41,20 @@ MAX_MEMORY_MIB = 4 * 1024 * 1024
 MAX_TB_CACHE_MIB = 4096
 SSH_GUEST_PORT = 22
 
-
-def require_int(field_name: str, value: object, minimum: int, maximum: int) -> int:
-    # bool is an int subclass; True must not pass as "1 vCPU".
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidSpec(field_name, f"must be an integer, got {type(value).__name__}")
-    if not minimum <= value <= maximum:
-        raise InvalidSpec(field_name, f"must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def require_port(field_name: str, value: object) -> int:
-    return require_int(field_name, value, 1, 65535)
+NETWORK_NAME_PREFIX = "strata-"
+BRIDGE_NAME_PREFIX = "sbr-"
+# Linux refuses interface names longer than 15 bytes (IFNAMSIZ - 1).
+MAX_BRIDGE_NAME_LENGTH = 15
+BRIDGE_HASH_CHARS = MAX_BRIDGE_NAME_LENGTH - len(BRIDGE_NAME_PREFIX)
+STRATA_DNS_SUFFIX = "strata"
+EGRESS_MODES = ("nat", "route")
+MIN_MTU, MAX_MTU = 1280, 9000
+NETWORK_NAME_PATTERN = re.compile(rf"{NETWORK_NAME_PREFIX}[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}")
 
 
-def require_match(field_name: str, value: object, pattern: re.Pattern[str], what: str) -> str:
-    if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise InvalidSpec(field_name, f"must be {what}, got {value!r}")
-    return value
-
-
-def require_domain_name(field_name: str, value: object) -> str:
-    return require_match(
-        field_name,
-        value,
-        DOMAIN_NAME_PATTERN,
-        "1-63 lower-case letters, digits or inner hyphens",
-    )
-
-
-def require_uuid(field_name: str, value: object) -> str:
-    """The canonical lower-case form of a UUID given as str or uuid.UUID."""
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, str):
-        try:
-            parsed = uuid.UUID(value)
-        except ValueError:
-            pass
-        else:
-            if str(parsed) == value.lower():
-                return str(parsed)
-    raise InvalidSpec(field_name, f"must be a UUID, got {value!r}")
-
-
-def require_absolute_path(field_name: str, value: object) -> str:
-    """An absolute, already-normalised path without control characters."""
-    if (
-        not isinstance(value, str)
-        or not value.startswith("/")
-        or os.path.normpath(value) != value
-        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in value)
-        or len(value) > 4096
-    ):
-        raise InvalidSpec(field_name, f"must be a normalised absolute path, got {value!r}")
+def require_virt_type(field_name: str, value: object) -> str:
+    if value not in VIRT_TYPES:
+        raise InvalidSpec(field_name, f"must be one of {VIRT_TYPES}, got {value!r}")
     return value
 
 
@@ -133,7 +101,10 @@ class UserNetwork:
 
 @dataclass(frozen=True)
 class LibvirtNetwork:
-    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``)."""
+    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``).
+
+    Not chosen by the job layer yet: environment networks (issue 11) attach VMs with it.
+    """
 
     network: str | None = None
     bridge: str | None = None
@@ -149,9 +120,7 @@ class LibvirtNetwork:
         if self.bridge is not None:
             require_match("network.bridge", self.bridge, LIBVIRT_OBJECT_NAME_PATTERN, "a bridge")
         if self.mac_address is not None:
-            require_match(
-                "network.mac_address", self.mac_address, MAC_PATTERN, "a 52:54:00:xx:xx:xx MAC"
-            )
+            require_mac("network.mac_address", self.mac_address)
 
 
 def require_cpu_mode(field_name: str, value: object) -> str:
@@ -215,8 +184,7 @@ class DomainSpec:
         require_absolute_path("console_log_path", self.console_log_path)
         if self.seed_path is not None:
             require_absolute_path("seed_path", self.seed_path)
-        if self.virt_type not in VIRT_TYPES:
-            raise InvalidSpec("virt_type", f"must be one of {VIRT_TYPES}, got {self.virt_type!r}")
+        require_virt_type("virt_type", self.virt_type)
         require_int("tb_cache_mib", self.tb_cache_mib, 1, MAX_TB_CACHE_MIB)
         require_cpu_mode("cpu_mode", self.cpu_mode)
         if not isinstance(self.network, UserNetwork | LibvirtNetwork):
@@ -227,3 +195,181 @@ class DomainSpec:
                 raise InvalidSpec("kernel_boot", "must be a KernelBoot")
             self.kernel_boot.validate()
         return self
+
+
+# --- environment networks ----------------------------------------------------
+
+
+def _hash_bytes(value: str, size: int) -> bytes:
+    return hashlib.blake2b(value.encode(), digest_size=size).digest()
+
+
+def network_name_for(environment_id: str) -> str:
+    """The libvirt network name of an environment: readable, with Strata's prefix."""
+    require_match("environment_id", environment_id, STRATA_ID_PATTERN, "a Strata id")
+    return NETWORK_NAME_PREFIX + environment_id
+
+
+def bridge_name_for(environment_id: str) -> str:
+    """A 15-character bridge name from the environment id (60 bits of its hash)."""
+    require_match("environment_id", environment_id, STRATA_ID_PATTERN, "a Strata id")
+    digest = base64.b32encode(_hash_bytes(environment_id, 10)).decode().lower()
+    return BRIDGE_NAME_PREFIX + digest[:BRIDGE_HASH_CHARS]
+
+
+def mac_address_for(vm_id: str) -> str:
+    """A fixed MAC under QEMU's 52:54:00 prefix from the VM id (24 bits of its hash).
+
+    Uniqueness inside one segment is checked by NetworkSpec.validate, which
+    refuses two hosts with one MAC.
+    """
+    require_match("vm_id", vm_id, STRATA_ID_PATTERN, "a Strata id")
+    return "52:54:00:" + ":".join(f"{byte:02x}" for byte in _hash_bytes(vm_id, 3))
+
+
+@dataclass(frozen=True)
+class DhcpHost:
+    """A static lease: the VM with ``mac_address`` always gets ``ip`` and ``hostname``."""
+
+    mac_address: str
+    ip: str
+    hostname: str
+
+    def validate(self, field_name: str, subnet: ipaddress.IPv4Network) -> None:
+        require_mac(f"{field_name}.mac_address", self.mac_address)
+        require_host_in(f"{field_name}.ip", self.ip, subnet)
+        require_domain_name(f"{field_name}.hostname", self.hostname)
+
+
+@dataclass(frozen=True)
+class DnsHost:
+    """An address record: each of ``hostnames`` resolves to ``ip`` inside the segment."""
+
+    ip: str
+    hostnames: tuple[str, ...]
+
+    def validate(self, field_name: str, subnet: ipaddress.IPv4Network) -> None:
+        require_host_in(f"{field_name}.ip", self.ip, subnet)
+        if not isinstance(self.hostnames, tuple) or not self.hostnames:
+            raise InvalidSpec(f"{field_name}.hostnames", "must be a non-empty tuple of names")
+        for index, hostname in enumerate(self.hostnames):
+            require_dns_name(f"{field_name}.hostnames[{index}]", hostname)
+        if len(set(self.hostnames)) != len(self.hostnames):
+            raise InvalidSpec(f"{field_name}.hostnames", "names a host twice")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """One environment's segment.
+
+    ``uuid`` is the environment's network UUID, so a re-run job finds the
+    network an earlier run defined. ``dhcp_range`` is for NICs without a
+    static entry; static hosts must lie outside it, so a dynamic lease can
+    never take the address of a VM that is switched off.
+    """
+
+    environment_id: str
+    uuid: str
+    environment_name: str
+    team_name: str
+    subnet: str
+    dhcp_range: tuple[str, str]
+    dhcp_hosts: tuple[DhcpHost, ...] = ()
+    dns_hosts: tuple[DnsHost, ...] = ()
+    egress: str | None = None
+    mtu: int | None = None
+
+    @property
+    def name(self) -> str:
+        return network_name_for(self.environment_id)
+
+    @property
+    def bridge(self) -> str:
+        return bridge_name_for(self.environment_id)
+
+    @property
+    def gateway(self) -> str:
+        """The host's address on the segment: the subnet's first host address."""
+        return str(next(require_subnet("subnet", self.subnet).hosts()))
+
+    @property
+    def domain(self) -> str:
+        return f"{self.environment_name}.{self.team_name}.{STRATA_DNS_SUFFIX}"
+
+    def validate(self) -> NetworkSpec:
+        network_name_for(self.environment_id)
+        require_uuid("uuid", self.uuid)
+        require_domain_name("environment_name", self.environment_name)
+        require_domain_name("team_name", self.team_name)
+        require_dns_name("domain", self.domain)
+        subnet = require_subnet("subnet", self.subnet)
+        if self.egress is not None and self.egress not in EGRESS_MODES:
+            raise InvalidSpec(
+                "egress", f"must be None or one of {EGRESS_MODES}, got {self.egress!r}"
+            )
+        if self.mtu is not None:
+            require_int("mtu", self.mtu, MIN_MTU, MAX_MTU)
+        start, end = self._validate_range(subnet)
+        self._validate_dhcp_hosts(subnet, start, end)
+        self._validate_dns_hosts(subnet)
+        return self
+
+    def _validate_range(
+        self, subnet: ipaddress.IPv4Network
+    ) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        if not isinstance(self.dhcp_range, tuple) or len(self.dhcp_range) != 2:
+            raise InvalidSpec("dhcp_range", "must be a (start, end) tuple")
+        start = require_host_in("dhcp_range[0]", self.dhcp_range[0], subnet)
+        end = require_host_in("dhcp_range[1]", self.dhcp_range[1], subnet)
+        if start > end:
+            raise InvalidSpec("dhcp_range", f"starts after it ends: {start} > {end}")
+        gateway = ipaddress.IPv4Address(self.gateway)
+        if start <= gateway <= end:
+            raise InvalidSpec("dhcp_range", f"must not contain the gateway {gateway}")
+        return start, end
+
+    def _validate_dhcp_hosts(
+        self,
+        subnet: ipaddress.IPv4Network,
+        start: ipaddress.IPv4Address,
+        end: ipaddress.IPv4Address,
+    ) -> None:
+        if not isinstance(self.dhcp_hosts, tuple):
+            raise InvalidSpec("dhcp_hosts", "must be a tuple of DhcpHost")
+        taken: dict[str, set[str]] = {"mac_address": set(), "ip": {self.gateway}, "hostname": set()}
+        for index, host in enumerate(self.dhcp_hosts):
+            name = f"dhcp_hosts[{index}]"
+            if not isinstance(host, DhcpHost):
+                raise InvalidSpec(name, "must be a DhcpHost")
+            host.validate(name, subnet)
+            if start <= ipaddress.IPv4Address(host.ip) <= end:
+                raise InvalidSpec(f"{name}.ip", f"{host.ip} lies in the dynamic range")
+            for attribute, seen in taken.items():
+                value = getattr(host, attribute)
+                if value in seen:
+                    raise InvalidSpec(f"{name}.{attribute}", f"{value} is already taken")
+                seen.add(value)
+
+    def _validate_dns_hosts(self, subnet: ipaddress.IPv4Network) -> None:
+        if not isinstance(self.dns_hosts, tuple):
+            raise InvalidSpec("dns_hosts", "must be a tuple of DnsHost")
+        ips: set[str] = set()
+        hostnames: set[str] = set()
+        for index, host in enumerate(self.dns_hosts):
+            name = f"dns_hosts[{index}]"
+            if not isinstance(host, DnsHost):
+                raise InvalidSpec(name, "must be a DnsHost")
+            host.validate(name, subnet)
+            # libvirt keys a record by its address and by each of its names.
+            if host.ip in ips:
+                raise InvalidSpec(f"{name}.ip", f"{host.ip} has a record already")
+            if hostnames & set(host.hostnames):
+                raise InvalidSpec(f"{name}.hostnames", "a name has a record already")
+            ips.add(host.ip)
+            hostnames.update(host.hostnames)
+
+
+def default_dhcp_range(subnet: str) -> tuple[str, str]:
+    """The upper half of the subnet's hosts: the lower half is for static leases."""
+    hosts = list(require_subnet("subnet", subnet).hosts())
+    return str(hosts[len(hosts) // 2]), str(hosts[-1])

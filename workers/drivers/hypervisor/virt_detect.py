@@ -24,7 +24,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .domain_xml import parse_libvirt_xml
+from .config import parse_libvirt_xml
 
 KVM_DEVICE = "/dev/kvm"
 QEMU_CONF = "/etc/libvirt/qemu.conf"

@@ -148,9 +148,9 @@ def publish_ports(ctx: StepContext) -> None:
         return  # nothing to add to the domain: the hypervisor is left alone
     with hypervisor(vm) as hv:
         # Kept in the definition for the next start, added to the running QEMU now.
-        hv.define(domain_spec(vm, hv))
+        hv.guests.define(domain_spec(vm, hv))
         for forward in forwards:
-            hv.add_live_port_forward(str(vm.uuid), forward.host_port, forward.guest_port)
+            hv.guests.add_live_port_forward(str(vm.uuid), forward.host_port, forward.guest_port)
 
 
 def set_outcome(ctx: StepContext, outcome: str, detail: str = "") -> None:

@@ -41,7 +41,7 @@ def vm_of(ctx: StepContext) -> VirtualMachine:
 
 
 def console_tail(hv: Hypervisor, vm: VirtualMachine) -> str:
-    path = Path(hv.console_log_path(vm.domain_name))
+    path = Path(hv.storage.console_log_path(vm.domain_name))
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -76,9 +76,9 @@ def create_disk(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     base = base_volume_name(vm)
     with hypervisor(vm) as hv:
-        hv.ensure_storage()
-        hv.import_base_image(base, vm.image.path)
-        path = hv.create_disk(vm.domain_name, base, vm.flavor.disk_gb)
+        hv.storage.ensure_pools()
+        hv.storage.import_base_image(base, vm.image.path)
+        path = hv.storage.create_disk(vm.domain_name, base, vm.flavor.disk_gb)
     ctx.log(f"disk {path}: copy-on-write over {base}, {vm.flavor.disk_gb} GiB")
 
 
@@ -91,21 +91,21 @@ def write_seed(ctx: StepContext) -> None:
         host_key=SshKeyPair(vm.host_key_private, vm.host_key_public),
     ).validate()
     with hypervisor(vm) as hv:
-        path = hv.write_seed(vm.domain_name, build_seed_iso(seed))
+        path = hv.storage.write_seed(vm.domain_name, build_seed_iso(seed))
     ctx.log(f"cloud-init seed {path}")
 
 
 def define(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     with hypervisor(vm) as hv:
-        hv.define(domain_spec(vm, hv))
+        hv.guests.define(domain_spec(vm, hv))
     ctx.log(f"domain {vm.domain_name} defined ({vm.host.virt_type})")
 
 
 def start(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     with hypervisor(vm) as hv:
-        hv.start(str(vm.uuid))
+        hv.guests.start(str(vm.uuid))
     VirtualMachine.objects.filter(pk=vm.pk).update(started_at=timezone.now())
     ctx.log("started")
 
@@ -150,7 +150,7 @@ def check_docker(ctx: StepContext) -> None:
 def undo_provision(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     with hypervisor(vm) as hv:
-        hv.destroy(vm.domain_name, str(vm.uuid))
+        hv.guests.destroy(vm.domain_name, str(vm.uuid))
     PortForward.objects.filter(vm=vm).delete()
     if vm.state != VMState.ERROR:
         vm.move_to(VMState.ERROR, error=ctx.job.error or "provisioning failed")
@@ -190,7 +190,7 @@ def destroy_domain(ctx: StepContext) -> None:
     if vm.state not in (VMState.DELETING, VMState.DELETED):
         vm.move_to(VMState.DELETING)
     with hypervisor(vm) as hv:
-        hv.destroy(vm.domain_name, str(vm.uuid))
+        hv.guests.destroy(vm.domain_name, str(vm.uuid))
     ctx.log("domain undefined; disk, seed and console log deleted")
 
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from cloud.models import Flavor, VirtualMachine, VMState
 from workers.drivers.hypervisor import DomainState, Hypervisor, NotFound
-from workers.jobs.adapters import hypervisor
+from workers.jobs.adapters import domain_spec, hypervisor
 from workers.jobs.engine import Plan, Step, StepContext, register
 from workers.jobs.steps.vm import vm_of
 
@@ -34,7 +34,7 @@ def record_state(vm: VirtualMachine, state: str, **fields) -> None:
 def _settle_to_domain(vm: VirtualMachine, hv: Hypervisor) -> str | None:
     """Make the VM's recorded state what libvirt reports; returns that state."""
     try:
-        state = STATE_OF_DOMAIN.get(hv.state(str(vm.uuid)))
+        state = STATE_OF_DOMAIN.get(hv.guests.state(str(vm.uuid)))
     except NotFound:
         return None  # the reconciler marks it lost
     if state is not None:
@@ -45,7 +45,7 @@ def _settle_to_domain(vm: VirtualMachine, hv: Hypervisor) -> str | None:
 def start_vm(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     with hypervisor(vm) as hv:
-        hv.start(str(vm.uuid))
+        hv.guests.start(str(vm.uuid))
     record_state(vm, VMState.RUNNING, started_at=timezone.now())
     ctx.log("running")
 
@@ -56,7 +56,7 @@ def stop_vm(ctx: StepContext) -> None:
         # Written before the shutdown: from here on the VM is not "running".
         record_state(vm, VMState.STOPPING)
     with hypervisor(vm) as hv:
-        graceful = hv.shutdown(str(vm.uuid), timeout=settings.STRATA_SHUTDOWN_SECONDS)
+        graceful = hv.guests.shutdown(str(vm.uuid), timeout=settings.STRATA_SHUTDOWN_SECONDS)
     record_state(vm, VMState.STOPPED)
     ctx.log("shut down" if graceful else "did not shut down in time: forced off")
 
@@ -64,21 +64,21 @@ def stop_vm(ctx: StepContext) -> None:
 def reboot_vm(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     with hypervisor(vm) as hv:
-        hv.reboot(str(vm.uuid))
+        hv.guests.reboot(str(vm.uuid))
     ctx.log("reboot requested")
 
 
 def snapshot_vm(ctx: StepContext) -> None:
     vm, name = vm_of(ctx), ctx.job.params["snapshot"]
     with hypervisor(vm) as hv:
-        hv.create_snapshot(str(vm.uuid), name)
+        hv.snapshots.create(str(vm.uuid), name)
     ctx.log(f"snapshot {name} taken")
 
 
 def revert_vm(ctx: StepContext) -> None:
     vm, name = vm_of(ctx), ctx.job.params["snapshot"]
     with hypervisor(vm) as hv:
-        hv.revert_snapshot(str(vm.uuid), name)
+        hv.snapshots.revert(str(vm.uuid), name)
         # A snapshot of a stopped VM leaves the domain shut off, one of a running
         # VM leaves it running, whatever the VM was before.
         state = _settle_to_domain(vm, hv)
@@ -88,7 +88,7 @@ def revert_vm(ctx: StepContext) -> None:
 def delete_snapshot(ctx: StepContext) -> None:
     vm, name = vm_of(ctx), ctx.job.params["snapshot"]
     with hypervisor(vm) as hv:
-        hv.delete_snapshot(str(vm.uuid), name)
+        hv.snapshots.delete(str(vm.uuid), name)
     ctx.log(f"snapshot {name} deleted")
 
 
@@ -96,7 +96,7 @@ def resize_vm(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     flavor = Flavor.objects.get(name=ctx.job.params["flavor"])
     with hypervisor(vm) as hv:
-        hv.resize(str(vm.uuid), vcpus=flavor.vcpus, memory_mib=flavor.memory_mb)
+        hv.guests.resize(domain_spec(vm, hv), vcpus=flavor.vcpus, memory_mib=flavor.memory_mb)
     VirtualMachine.objects.filter(pk=vm.pk).update(flavor=flavor)
     ctx.log(f"now {flavor}")
 
