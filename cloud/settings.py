@@ -12,6 +12,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from cloud.keyfiles import read_or_create
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -42,13 +44,7 @@ def load_secret_key() -> str:
     in the data directory (mode 0600), never in the repository."""
     if os.environ.get("SECRET_KEY"):
         return os.environ["SECRET_KEY"]
-    key_file = STRATA_DATA_DIR / "secret_key"
-    if not key_file.exists():
-        STRATA_DATA_DIR.mkdir(parents=True, exist_ok=True)
-        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(50))
-    return key_file.read_text().strip()
+    return read_or_create(STRATA_DATA_DIR / "secret_key", lambda: secrets.token_urlsafe(50)).strip()
 
 
 SECRET_KEY = load_secret_key()
@@ -237,21 +233,9 @@ STRATA_STORAGE_POOL = os.environ.get("STRATA_STORAGE_POOL", "strata")
 def load_installation_id(data_dir: Path) -> str:
     """STRATA_INSTALLATION_ID from the environment, else one generated on first
     run and kept in the data directory; processes starting at once agree on it."""
-    value = os.environ.get("STRATA_INSTALLATION_ID") or None
-    id_file = data_dir / "installation_id"
-    if value is None and not id_file.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        draft = data_dir / f".installation_id.{os.getpid()}.{secrets.token_hex(4)}"
-        draft.write_text(secrets.token_hex(8) + "\n")
-        try:
-            # A hard link appears complete or not at all; the first one wins.
-            os.link(draft, id_file)
-        except FileExistsError:
-            pass
-        finally:
-            draft.unlink()
-    if value is None:
-        value = id_file.read_text().strip()
+    value = os.environ.get("STRATA_INSTALLATION_ID") or read_or_create(
+        data_dir / "installation_id", lambda: secrets.token_hex(8) + "\n"
+    ).strip()
     # The driver's "Strata id", which volume names and domain metadata can carry.
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", value):
         raise ImproperlyConfigured(
@@ -261,6 +245,15 @@ def load_installation_id(data_dir: Path) -> str:
 
 
 STRATA_INSTALLATION_ID = load_installation_id(STRATA_DATA_DIR)
+# Comma-separated Fernet keys for secrets at rest, the first encrypts and all
+# decrypt; empty: one generated into the data directory (cloud.models.crypto).
+STRATA_ENCRYPTION_KEYS = os.environ.get("STRATA_ENCRYPTION_KEYS", "")
+# What `manage.py bootstrap` creates on first run; empty: the machine's hostname,
+# and a generated password it prints once.
+STRATA_HOST_NAME = os.environ.get("STRATA_HOST_NAME", "")
+STRATA_TEAM = os.environ.get("STRATA_TEAM", "default")
+STRATA_ADMIN_USER = os.environ.get("STRATA_ADMIN_USER", "admin")
+STRATA_ADMIN_PASSWORD = os.environ.get("STRATA_ADMIN_PASSWORD", "")
 STRATA_RECONCILE_SECONDS = int(os.environ.get("STRATA_RECONCILE_SECONDS", "60"))
 # Transient failures (a host or connection gone) are retried with exponential backoff.
 STRATA_JOB_MAX_ATTEMPTS = int(os.environ.get("STRATA_JOB_MAX_ATTEMPTS", "5"))

@@ -1,29 +1,24 @@
 """Encryption at rest for secrets (private keys, registry passwords, env secrets).
 
-The key lives in ``STRATA_ENCRYPTION_KEYS`` (comma separated Fernet keys, the
+The key lives in the ``STRATA_ENCRYPTION_KEYS`` setting (comma separated Fernet keys, the
 first encrypts, all decrypt, so keys can be rotated) or, on a one-machine
 trial, in a file in the data directory created on first use with mode 0600.
 """
 
-import os
 from functools import cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
 from django.db import models
 
+from cloud.keyfiles import read_or_create
+
 
 @cache
 def _fernet() -> MultiFernet:
-    keys = os.environ.get("STRATA_ENCRYPTION_KEYS", "")
-    if not keys:
-        key_file = settings.STRATA_DATA_DIR / "encryption_key"
-        if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(Fernet.generate_key())
-        keys = key_file.read_text().strip()
+    keys = settings.STRATA_ENCRYPTION_KEYS or read_or_create(
+        settings.STRATA_DATA_DIR / "encryption_key", lambda: Fernet.generate_key().decode()
+    )
     return MultiFernet([Fernet(k.strip()) for k in keys.split(",") if k.strip()])
 
 

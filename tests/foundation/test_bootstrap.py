@@ -9,10 +9,10 @@ from tenants.models import Membership, Team
 pytestmark = pytest.mark.django_db
 
 
-def test_bootstrap_twice_reuses_what_exists(settings, monkeypatch):
+def test_bootstrap_twice_reuses_what_exists(settings):
     settings.STRATA_LIBVIRT_URI = "test:///default"
-    monkeypatch.setenv("STRATA_HOST_NAME", "hv-test")
-    monkeypatch.delenv("STRATA_ADMIN_PASSWORD", raising=False)
+    settings.STRATA_HOST_NAME = "hv-test"
+    settings.STRATA_ADMIN_PASSWORD = ""
     first = io.StringIO()
     call_command("bootstrap", stdout=first)
     assert "password" in first.getvalue()
@@ -29,19 +29,19 @@ def test_bootstrap_twice_reuses_what_exists(settings, monkeypatch):
     assert Flavor.objects.count() == 3 and Host.objects.count() == 1
 
 
-def test_bootstrap_prints_only_the_queue_when_asked(settings, monkeypatch, capsys):
+def test_bootstrap_prints_only_the_queue_when_asked(settings, capsys):
     settings.STRATA_LIBVIRT_URI = "test:///default"
-    monkeypatch.setenv("STRATA_HOST_NAME", "hv-q")
+    settings.STRATA_HOST_NAME = "hv-q"
     out = io.StringIO()
     call_command("bootstrap", "--print-queue", stdout=out)
     assert out.getvalue().strip() == "host.hv-q"
 
 
-def test_bootstrap_refuses_an_unreachable_hypervisor(settings, monkeypatch):
+def test_bootstrap_refuses_an_unreachable_hypervisor(settings):
     from django.core.management.base import CommandError
 
     settings.STRATA_LIBVIRT_URI = "qemu+unix:///system?socket=/nonexistent/libvirt.sock"
-    monkeypatch.setenv("STRATA_HOST_NAME", "hv-gone")
+    settings.STRATA_HOST_NAME = "hv-gone"
     with pytest.raises(CommandError, match="cannot register"):
         call_command("bootstrap", stdout=io.StringIO())
     assert not Host.objects.filter(name="hv-gone").exists()

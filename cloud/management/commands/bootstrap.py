@@ -2,7 +2,6 @@
 flavors and this machine as a hypervisor host.  Safe to run again: it reuses
 what exists and never prints a password it did not just create."""
 
-import os
 import secrets
 import socket
 import sys
@@ -24,7 +23,7 @@ DEFAULT_FLAVORS = [
 
 
 def local_host_name() -> str:
-    return os.environ.get("STRATA_HOST_NAME") or slugify(socket.gethostname())[:40] or "local"
+    return settings.STRATA_HOST_NAME or slugify(socket.gethostname())[:40] or "local"
 
 
 class Command(BaseCommand):
@@ -40,7 +39,7 @@ class Command(BaseCommand):
     def handle(self, *args, print_queue=False, **options):
         say = (lambda msg: print(msg, file=sys.stderr)) if print_queue else self.stdout.write
         admin = self._ensure_admin(say)
-        team, created = ensure_team(os.environ.get("STRATA_TEAM", "default"), admin)
+        team, created = ensure_team(settings.STRATA_TEAM, admin)
         say(f"team {team.name}: {'created' if created else 'exists'}; {admin.username} is admin")
         for name, vcpus, memory_mb, disk_gb in DEFAULT_FLAVORS:
             Flavor.objects.get_or_create(
@@ -62,14 +61,14 @@ class Command(BaseCommand):
 
     def _ensure_admin(self, say):
         users = get_user_model()
-        username = os.environ.get("STRATA_ADMIN_USER", "admin")
+        username = settings.STRATA_ADMIN_USER
         user = users.objects.filter(username=username).first()
         if user is not None:
             say(f"admin user {username}: exists (password unchanged)")
             return user
-        password = os.environ.get("STRATA_ADMIN_PASSWORD") or secrets.token_urlsafe(12)
+        password = settings.STRATA_ADMIN_PASSWORD or secrets.token_urlsafe(12)
         user = users.objects.create_superuser(username=username, email="", password=password)
-        if os.environ.get("STRATA_ADMIN_PASSWORD"):
+        if settings.STRATA_ADMIN_PASSWORD:
             say(f"admin user {username}: created with STRATA_ADMIN_PASSWORD")
         else:
             say(f"admin user {username}: created, password {password} (shown once; change it)")
