@@ -67,14 +67,12 @@ class E2eInstall:
             "STRATA_DATA_DIR": self.data_dir,
             "STRATA_STORAGE_POOL": self.pool_name,
             "STRATA_INSTALLATION_ID": self.installation_id,
+            "STRATA_ENCRYPTION_KEYS": self.encryption_key,
         }
 
     @property
     def worker_env(self) -> dict[str, str]:
-        return {
-            **{name: str(value) for name, value in self.settings.items()},
-            "STRATA_ENCRYPTION_KEYS": self.encryption_key,
-        }
+        return {name: str(value) for name, value in self.settings.items()}
 
     def hypervisor(self) -> Hypervisor:
         return Hypervisor(
@@ -116,18 +114,12 @@ def installation_settings(install: E2eInstall):
     from cloud.models import crypto
     from workers.jobs import keys
 
-    saved_keys = os.environ.get("STRATA_ENCRYPTION_KEYS")
-    os.environ["STRATA_ENCRYPTION_KEYS"] = install.encryption_key
     crypto._fernet.cache_clear()
     keys.manager_keypair.cache_clear()
     try:
         with override_settings(**install.settings):
             yield
     finally:
-        if saved_keys is None:
-            os.environ.pop("STRATA_ENCRYPTION_KEYS", None)
-        else:
-            os.environ["STRATA_ENCRYPTION_KEYS"] = saved_keys
         crypto._fernet.cache_clear()
         keys.manager_keypair.cache_clear()
 
