@@ -35,7 +35,8 @@ from tests.remote.proxy_servers import (  # noqa: E402
     free_port,
     get,
 )
-from workers.drivers.guest.proxy import HealthCheck, Replica, Service, roll_replica  # noqa: E402
+from workers.drivers.guest.proxy_config import HealthCheck, Replica, Service  # noqa: E402
+from workers.drivers.guest.proxy_runtime import roll_replica  # noqa: E402
 
 HEALTH = HealthCheck(path="/healthz", interval_ms=200, timeout_ms=500, fall=2, rise=2)
 LOAD_RATE = 20.0

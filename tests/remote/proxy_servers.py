@@ -18,15 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from workers.drivers.guest.errors import RemoteError
-from workers.drivers.guest.proxy import (
-    MasterCLI,
-    MasterState,
-    ProxyConfig,
-    RuntimeAPI,
-    haproxy_argv,
-    render_config,
-)
-from workers.drivers.guest.proxy import unix_socket_transport as unix_transport
+from workers.drivers.guest.proxy_config import ProxyConfig, haproxy_argv, render_config
+from workers.drivers.guest.proxy_runtime import MasterCLI, MasterState, RuntimeAPI
+from workers.drivers.guest.proxy_runtime import unix_socket_transport as unix_transport
 from workers.drivers.hypervisor.ports import find_free_loopback_ports
 
 LOOPBACK = "127.0.0.1"

@@ -9,17 +9,19 @@ import time
 
 import pytest
 
-from workers.drivers.guest.proxy import (
+from workers.drivers.guest.proxy_config import (
     HealthCheck,
     ProxyConfig,
     ProxyConfigError,
-    ProxyTimeout,
     Replica,
-    RuntimeAPI,
-    RuntimeCommandFailed,
     Service,
     haproxy_argv,
     render_config,
+)
+from workers.drivers.guest.proxy_runtime import (
+    ProxyTimeout,
+    RuntimeAPI,
+    RuntimeCommandFailed,
     roll_replica,
 )
 
