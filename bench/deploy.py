@@ -36,7 +36,7 @@ import docker
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.remote.servers import (  # noqa: E402 - needs the path above
+from bench.harness.guest_servers import (  # noqa: E402 - needs the path above
     HOST_DOCKER_SOCKET,
     Dockerd,
     Sshd,

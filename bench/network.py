@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import percentile, table  # noqa: E402 - needs the path above
-from tests.remote.proxy_servers import (  # noqa: E402
+from bench.harness.proxy_servers import (  # noqa: E402
     LOOPBACK,
     Haproxy,
     Load,

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import percentile, setup_database, table  # noqa: E402 - needs the path
-from tests.support import worker_argv  # noqa: E402
+from bench.harness.celery_workers import worker_argv  # noqa: E402
 
 
 def make_hosts(n, seed=1):

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.hypervisor.storage_cleanup import remove_pools  # noqa: E402 - needs the path above
+from bench.harness.storage_cleanup import remove_pools  # noqa: E402 - needs the path above
 from workers.drivers.guest import Endpoint, load_private_key, wait_for_ssh  # noqa: E402
 from workers.drivers.hypervisor import (  # noqa: E402
     DomainSpec,

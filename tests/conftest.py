@@ -42,7 +42,7 @@ def worker_factory(request):
     """
     from django.db import connection
 
-    from tests.support import database_url, kill_worker, start_worker
+    from bench.harness.celery_workers import database_url, kill_worker, start_worker
 
     if connection.settings_dict["ENGINE"] != "django.db.backends.postgresql":
         pytest.skip("worker tests share the database with another process: needs PostgreSQL")
@@ -67,16 +67,16 @@ def sshd_guest(tmp_path, make_team):
     Yields (vm, host engine, web image tag); its domain lives on the test driver."""
     import docker
 
-    from cloud.models import VirtualMachine
-    from tests.foundation.factories import team_world
-    from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
-    from tests.remote.servers import (
+    from bench.harness.guest_servers import (
         KeyPair,
         Sshd,
         build_web_images,
         new_ed25519_key,
         remove_web_images,
     )
+    from cloud.models import VirtualMachine
+    from tests.foundation.factories import team_world
+    from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
     from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
     from workers.drivers.hypervisor import Hypervisor
     from workers.jobs.keys import manager_keypair

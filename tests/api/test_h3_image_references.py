@@ -4,10 +4,10 @@ team may run; the worker resolves only the validated reference."""
 import docker
 import pytest
 
+from bench.harness.guest_servers import build_web_images, remove_web_images
 from cloud.models import Job, Release, Service
 from cloud.services.deployments import validate_spec
 from cloud.services.errors import ValidationError
-from tests.remote.servers import build_web_images, remove_web_images
 from workers.jobs.engine import UserError
 from workers.jobs.steps.deploy import engine_image_id
 

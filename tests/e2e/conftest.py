@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from tests.hypervisor.storage_cleanup import remove_domains_in, remove_pools
+from bench.harness.storage_cleanup import remove_domains_in, remove_pools
 from workers.drivers.guest import Endpoint, SSHConnection, load_private_key
 from workers.drivers.hypervisor import Hypervisor, SshKeyPair
 
@@ -225,10 +225,10 @@ def provision_shared_guest(install: E2eInstall, guest_image, hypervisor) -> Boot
     from django.contrib.auth import get_user_model
     from django.db import connection
 
+    from bench.harness.celery_workers import database_url, kill_worker, start_worker
     from cloud.models import VirtualMachine
     from cloud.services import environments
     from tenants.services import create_team
-    from tests.support import database_url, kill_worker, start_worker
     from workers.jobs.keys import manager_keypair
 
     user = get_user_model().objects.create_user(f"e2e-{install.run_id}", password="pw")
@@ -288,7 +288,7 @@ def web_images():
     of these images, no image of theirs, no new dangling image."""
     import docker
 
-    from tests.remote.servers import build_web_images, remove_web_images
+    from bench.harness.guest_servers import build_web_images, remove_web_images
 
     engine = docker.from_env()
     before = {image.id for image in engine.images.list(all=True)}

@@ -16,10 +16,10 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from bench.harness.storage_cleanup import remove_pools
 from workers.drivers.hypervisor import Hypervisor, OperationTimeout, VolumeKind
 from workers.drivers.hypervisor import storage as storage_module
 
-from .storage_cleanup import remove_pools
 from .test_qemu_system import TEST_ROOT, make_qcow2, qemu_img_info
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.integration]

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 
+from bench.harness.storage_cleanup import remove_pools
 from workers.drivers.hypervisor import (
     DomainConfig,
     Hypervisor,
@@ -18,7 +19,6 @@ from workers.drivers.hypervisor import (
 )
 
 from .conftest import TEST_DATA_DIR, make_spec
-from .storage_cleanup import remove_pools
 from .test_qemu_system import TEST_ROOT, make_qcow2
 
 pytestmark = pytest.mark.libvirt

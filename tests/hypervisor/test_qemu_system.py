@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.harness.storage_cleanup import remove_pools
 from workers.drivers.hypervisor import (
     DomainSpec,
     DomainState,
@@ -31,8 +32,6 @@ from workers.drivers.hypervisor import (
     VolumeKind,
     find_free_loopback_ports,
 )
-
-from .storage_cleanup import remove_pools
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.integration]
 

@@ -14,6 +14,7 @@ import docker
 import pytest
 import requests
 
+from bench.harness.guest_servers import KeyPair, Sshd, new_ed25519_key, wait_for
 from cloud.models import (
     Container,
     Deployment,
@@ -25,7 +26,6 @@ from cloud.models import (
 )
 from cloud.services import deployments
 from tenants.models import Membership
-from tests.remote.servers import KeyPair, Sshd, new_ed25519_key, wait_for
 from workers import tasks
 from workers.drivers.guest import list_containers
 from workers.jobs.keys import manager_keypair

@@ -5,10 +5,7 @@ from __future__ import annotations
 import docker
 import pytest
 
-from workers.drivers.guest import SSHConnection
-from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
-
-from .servers import (
+from bench.harness.guest_servers import (
     HOST_DOCKER_SOCKET,
     Dockerd,
     KeyPair,
@@ -18,6 +15,8 @@ from .servers import (
     new_ed25519_key,
     remove_web_images,
 )
+from workers.drivers.guest import SSHConnection
+from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
 
 pytestmark = pytest.mark.integration
 

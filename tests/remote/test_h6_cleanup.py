@@ -6,10 +6,10 @@ import json
 import docker
 import pytest
 
+from bench.harness.guest_servers import build_web_images, busybox_rootfs_tar, remove_web_images
 from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID, LABEL_SERVICE_ID
 
 from .conftest import remove_test_containers
-from .servers import build_web_images, busybox_rootfs_tar, remove_web_images
 
 
 @pytest.fixture

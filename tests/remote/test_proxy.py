@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bench.harness.proxy_servers import LOOPBACK, Haproxy, Load, ReplicaServer, free_port, get
 from workers.drivers.guest.proxy_config import (
     HealthCheck,
     ProxyConfig,
@@ -24,8 +25,6 @@ from workers.drivers.guest.proxy_runtime import (
     RuntimeCommandFailed,
     roll_replica,
 )
-
-from .proxy_servers import LOOPBACK, Haproxy, Load, ReplicaServer, free_port, get
 
 # Fast checks keep the tests at a few seconds: down after 2 failures 100 ms apart.
 FAST = HealthCheck(path="/healthz", interval_ms=100, timeout_ms=500, fall=2, rise=2)

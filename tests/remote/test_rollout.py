@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from bench.harness.guest_servers import free_loopback_port
 from workers.drivers.guest import (
     HealthCheck,
     HealthCheckFailed,
@@ -21,8 +22,6 @@ from workers.drivers.guest import (
     spread_replicas,
 )
 from workers.drivers.guest import rollout as rollout_module
-
-from .servers import free_loopback_port
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from bench.harness.guest_servers import free_loopback_port, new_ed25519_key
 from workers.drivers.guest import (
     CommandFailed,
     CommandTimeout,
@@ -21,8 +22,6 @@ from workers.drivers.guest import (
     SSHUnreachable,
     wait_for_ssh,
 )
-
-from .servers import free_loopback_port, new_ed25519_key
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Removing the storage pools a test made, volumes included."""
+"""Removing the storage pools and domains a test or bench made, volumes included."""
 
 from __future__ import annotations
 
