@@ -19,25 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import percentile, setup_database, table  # noqa: E402 - needs the path
 
 
-def populate(team_name: str, envs: int, vms_per_env: int, containers_per_vm: int, jobs: int):
-    from django.contrib.auth import get_user_model
+def shared_catalogue():
+    """The host, flavor and image every bench VM uses (made once, found after)."""
+    from cloud.models import Flavor, Host, Image
 
-    from cloud.models import (
-        Container,
-        Environment,
-        Flavor,
-        Host,
-        Image,
-        Job,
-        JobStep,
-        Release,
-        Service,
-        VirtualMachine,
-    )
-    from tenants.services import create_team
-
-    user = get_user_model().objects.create_user(f"{team_name}-admin")  # logged in by the client
-    team = create_team(team_name, user)
     host, _ = Host.objects.get_or_create(
         name="bench-host",
         defaults={"libvirt_uri": "test:///default", "cpus": 512, "memory_mb": 2**21},
@@ -55,17 +40,13 @@ def populate(team_name: str, envs: int, vms_per_env: int, containers_per_vm: int
             "source": "built",
         },
     )
-    kinds = ["dev", "staging", "prod"]
-    environments = Environment.objects.bulk_create(
-        Environment(team=team, name=f"env-{i}", kind=kinds[i % 3]) for i in range(envs)
-    )
-    vms = VirtualMachine.objects.bulk_create(
-        VirtualMachine(
-            environment=env, name=f"vm-{j}", host=host, flavor=flavor, image=image, state="running"
-        )
-        for env in environments
-        for j in range(vms_per_env)
-    )
+    return host, flavor, image
+
+
+def populate_containers(environments, vms, containers_per_vm: int) -> None:
+    """One released service per environment, ``containers_per_vm`` of it on each VM."""
+    from cloud.models import Container, Release, Service
+
     services = Service.objects.bulk_create(
         Service(environment=env, name="web", image="web:1") for env in environments
     )
@@ -94,11 +75,17 @@ def populate(team_name: str, envs: int, vms_per_env: int, containers_per_vm: int
         for vm in vms
         for k in range(containers_per_vm)
     )
+
+
+def populate_jobs(team, user, environments, jobs: int) -> None:
+    """``jobs`` finished jobs of 7 steps each, spread over the environments."""
+    from cloud.models import Job, JobStep
+
     made = Job.objects.bulk_create(
         Job(
             team=team,
             kind="provision_vm",
-            environment=environments[i % envs],
+            environment=environments[i % len(environments)],
             state="succeeded",
             progress=100,
             requested_by=user,
@@ -110,6 +97,30 @@ def populate(team_name: str, envs: int, vms_per_env: int, containers_per_vm: int
         for job in made
         for k in range(7)
     )
+
+
+def populate(team_name: str, envs: int, vms_per_env: int, containers_per_vm: int, jobs: int):
+    from django.contrib.auth import get_user_model
+
+    from cloud.models import Environment, VirtualMachine
+    from tenants.services import create_team
+
+    user = get_user_model().objects.create_user(f"{team_name}-admin")  # logged in by the client
+    team = create_team(team_name, user)
+    host, flavor, image = shared_catalogue()
+    kinds = ["dev", "staging", "prod"]
+    environments = Environment.objects.bulk_create(
+        Environment(team=team, name=f"env-{i}", kind=kinds[i % 3]) for i in range(envs)
+    )
+    vms = VirtualMachine.objects.bulk_create(
+        VirtualMachine(
+            environment=env, name=f"vm-{j}", host=host, flavor=flavor, image=image, state="running"
+        )
+        for env in environments
+        for j in range(vms_per_env)
+    )
+    populate_containers(environments, vms, containers_per_vm)
+    populate_jobs(team, user, environments, jobs)
     return team, user
 
 
