@@ -247,7 +247,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--team", default=os.environ.get("STRATA_TEAM"), help="team name (STRATA_TEAM)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between job polls")
     groups = p.add_subparsers(dest="group", required=True)
+    _add_env_commands(groups)
+    _add_release_commands(groups)
+    _add_secret_commands(groups)
+    _add_job_commands(groups)
+    return p
 
+
+def _add_env_commands(groups) -> None:
     env = groups.add_parser("env", help="environments").add_subparsers(
         dest="command", required=True
     )
@@ -271,6 +278,8 @@ def parser() -> argparse.ArgumentParser:
     destroy.add_argument("--wait", action="store_true")
     destroy.set_defaults(run=cmd_env_destroy)
 
+
+def _add_release_commands(groups) -> None:
     deploy = groups.add_parser("deploy", help="deploy a release of a service")
     deploy.add_argument("env")
     deploy.add_argument("service")
@@ -307,6 +316,8 @@ def parser() -> argparse.ArgumentParser:
     for operation in (deploy, promote, scale, rollback):
         operation.add_argument("--wait", action="store_true", help="watch the job until it ends")
 
+
+def _add_secret_commands(groups) -> None:
     secret = groups.add_parser("secret", help="the team's secrets").add_subparsers(
         dest="command", required=True
     )
@@ -324,6 +335,8 @@ def parser() -> argparse.ArgumentParser:
         )
         where.add_argument("--env", help="one environment (its own value wins over its kind's)")
 
+
+def _add_job_commands(groups) -> None:
     jobs = groups.add_parser("jobs", help="jobs").add_subparsers(dest="command", required=True)
     jobs_list = jobs.add_parser("list")
     jobs_list.add_argument(
@@ -333,7 +346,6 @@ def parser() -> argparse.ArgumentParser:
     jobs_watch = jobs.add_parser("watch")
     jobs_watch.add_argument("job")
     jobs_watch.set_defaults(run=cmd_jobs_watch)
-    return p
 
 
 def main(argv=None) -> int:
