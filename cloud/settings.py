@@ -298,3 +298,22 @@ LOGGING = {
     # paramiko logs a traceback for every refused connection while a guest boots.
     "loggers": {"paramiko": {"level": "WARNING"}},
 }
+
+# --- Console (websockets) ----------------------------------------------------
+# The portal is served by an ASGI server (uvicorn) so the serial console's
+# websocket shares the login; consumers and the hosts' console relays talk
+# over this channel layer, never to libvirt from a web process.
+ASGI_APPLICATION = "cloud.asgi.application"
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            "hosts": [os.environ.get("STRATA_CHANNELS_URL", CELERY_BROKER_URL)],
+            "capacity": 200,
+        },
+    }
+}
+# A console ticket not used within this many seconds is refused.
+STRATA_CONSOLE_TICKET_SECONDS = int(os.environ.get("STRATA_CONSOLE_TICKET_SECONDS", "60"))
+# A console session with no input and no output for this long is ended.
+STRATA_CONSOLE_IDLE_SECONDS = int(os.environ.get("STRATA_CONSOLE_IDLE_SECONDS", "900"))

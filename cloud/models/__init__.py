@@ -22,6 +22,7 @@ from cloud.models.catalogue import (
     default_virt_type,
     sha256_hex,
 )
+from cloud.models.console import ConsoleTicket
 from cloud.models.environments import (
     Environment,
     EnvironmentKind,
@@ -45,6 +46,7 @@ from cloud.models.releases import (
 from cloud.models.states import DeploymentState, JobState, VMState
 
 __all__ = [
+    "ConsoleTicket",
     "Container",
     "ContainerHealth",
     "ContainerState",

@@ -4,7 +4,15 @@ says which team it is about and works for anyone in that team."""
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
-from cloud.interfaces.portal.views import audit, dashboard, environments, jobs, tokens, vms
+from cloud.interfaces.portal.views import (
+    audit,
+    console,
+    dashboard,
+    environments,
+    jobs,
+    tokens,
+    vms,
+)
 
 app_name = "portal"
 
@@ -23,6 +31,7 @@ team_urls = [
     ),
     path("vms/<int:vm_id>/", vms.detail, name="vm"),
     path("vms/<int:vm_id>/console/", vms.console, name="vm-console"),
+    path("vms/<int:vm_id>/console/ticket/", console.ticket, name="vm-console-ticket"),
     path("vms/<int:vm_id>/<slug:action>/", vms.act, name="vm-action"),
     path("jobs/", jobs.job_list, name="jobs"),
     path("jobs/<uuid:job_id>/", jobs.job_detail, name="job"),

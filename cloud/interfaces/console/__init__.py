@@ -1,0 +1,1 @@
+"""The console's websocket: routing and the consumer (see consumer.py)."""
