@@ -308,7 +308,14 @@ CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         "CONFIG": {
-            "hosts": [os.environ.get("STRATA_CHANNELS_URL", CELERY_BROKER_URL)],
+            # redis-py's default read timeout (5 s) equals channels-redis' blocking
+            # pop (5 s): an idle console's receive would fail; give it room.
+            "hosts": [
+                {
+                    "address": os.environ.get("STRATA_CHANNELS_URL", CELERY_BROKER_URL),
+                    "socket_timeout": 30,
+                }
+            ],
             "capacity": 200,
         },
     }

@@ -8,20 +8,25 @@ import asyncio
 import os
 import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
 import pytest
+import uvicorn
+from asgiref.sync import sync_to_async
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
+from django.db import connections
 
 from cloud.models import Environment, Flavor, Image, VirtualMachine
 from tenants.models import Membership, Role
 from tests.console.initramfs import build_initramfs
 from tests.services.conftest import catalogue  # noqa: F401 - fixture
 from workers.console.relay import ConsoleRelay
+from workers.drivers.hypervisor import find_free_loopback_ports
 
 ORIGIN = "http://testserver"
 GUEST_DIR = Path("/var/lib/strata-test/console")
@@ -30,7 +35,7 @@ SYSTEM_URI = "qemu:///system"
 
 
 def running_vm(team, host, kind: str, name: str, vm_uuid: uuid.UUID | None = None):
-    env = Environment.objects.create(team=team, name=f"{kind}-env", kind=kind)
+    env, _ = Environment.objects.get_or_create(team=team, name=f"{kind}-env", kind=kind)
     return VirtualMachine.objects.create(
         uuid=vm_uuid or uuid.uuid4(),
         environment=env,
@@ -131,8 +136,10 @@ class RelayThread:
 
     def __init__(self, host_name: str, **relay_options) -> None:
         self.loop = asyncio.new_event_loop()
-        layer = RedisChannelLayer(hosts=[settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"][0]])
-        self.relay = ConsoleRelay(layer, host_name, lambda: libvirt.open(SYSTEM_URI), **relay_options)
+        layer = RedisChannelLayer(hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"])
+        self.relay = ConsoleRelay(
+            layer, host_name, lambda: libvirt.open(SYSTEM_URI), **relay_options
+        )
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.started = threading.Event()
 
@@ -162,3 +169,45 @@ def relay_for(request):
         return relay
 
     return start
+
+
+class AsgiServer:
+    """cloud.asgi served by uvicorn on a free loopback port, as `make run` serves it."""
+
+    def __init__(self) -> None:
+        port = find_free_loopback_ports(1)[0]
+        self.origin = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(
+            "cloud.asgi:application",
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            ws="websockets",
+            ws_max_size=1024 * 1024,
+            lifespan="off",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def start(self) -> AsgiServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.server.started, "uvicorn did not start"
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def asgi_server(settings):
+    settings.ALLOWED_HOSTS = ["127.0.0.1", "testserver"]
+    server = AsgiServer().start()
+    yield server
+    server.stop()
+    # Consumers' queries ran on asgiref's one shared sync thread, which keeps its
+    # connection open; the test database can be dropped only once it is closed.
+    asyncio.run(sync_to_async(connections.close_all)())

@@ -143,7 +143,7 @@ class TestPortalTicket:
         no_origin = client.post(url)
         assert no_origin.status_code == 400
         assert "origin" in no_origin.json()["errors"]
-        other = f"/t/{console_world['team'].name}/vms/{console_world['other_vm'].pk}/console/ticket/"
+        other = self.url(console_world, console_world["other_vm"])
         assert client.post(other, headers={"Origin": ORIGIN}).status_code == 404
         client.logout()
         assert client.post(url, headers={"Origin": ORIGIN}).status_code == 302
