@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start Strata on this machine: services, database, first admin and team, this
-# host registered, then a Celery worker, Celery beat and the web server.
+# host registered, then a Celery worker, Celery beat, the host's console relay
+# and the web server.
 # Ctrl-C stops what this script started (the system daemons keep running).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +31,15 @@ trap stop INT TERM EXIT
 pids+=($!)
 .venv/bin/celery -A workers beat --loglevel INFO &
 pids+=($!)
-.venv/bin/gunicorn cloud.wsgi --bind "$bind" --workers 2 --access-logfile - &
+# The console relay of this host: a long-lived process, not a Celery task, so an
+# open console never holds one of the worker's job slots.
+$py manage.py console_relay "${queue#host.}" &
+pids+=($!)
+# An ASGI server: the portal's pages and the console's websocket on one port.
+.venv/bin/uvicorn cloud.asgi:application --host "${bind%:*}" --port "${bind##*:}" --workers 2 \
+  --ws websockets-sansio --ws-max-size 1048576 --lifespan off &
 pids+=($!)
 
 echo "Strata is up: http://$bind/  (admin at http://$bind/admin/; Ctrl-C stops)"
-# If any of the three dies, stop the rest rather than run half a system.
+# If any of them dies, stop the rest rather than run half a system.
 wait -n "${pids[@]}"
