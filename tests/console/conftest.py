@@ -174,11 +174,11 @@ def relay_for(request):
 class AsgiServer:
     """cloud.asgi served by uvicorn on a free loopback port, as `make run` serves it."""
 
-    def __init__(self) -> None:
+    def __init__(self, app="cloud.asgi:application") -> None:
         port = find_free_loopback_ports(1)[0]
         self.origin = f"http://127.0.0.1:{port}"
         config = uvicorn.Config(
-            "cloud.asgi:application",
+            app,
             host="127.0.0.1",
             port=port,
             log_level="warning",
