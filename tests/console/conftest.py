@@ -74,16 +74,25 @@ class ConsoleGuest:
     domain_name: str
     uuid: uuid.UUID
 
-    def destroy(self) -> None:
+    def _act(self, action: str) -> None:
         connection = libvirt.open(SYSTEM_URI)
         try:
             domain = connection.lookupByName(self.domain_name)
             if domain.isActive():
-                domain.destroy()
+                getattr(domain, action)()
         except libvirt.libvirtError:
             pass  # already gone
         finally:
             connection.close()
+
+    def destroy(self) -> None:
+        self._act("destroy")
+
+    def suspend(self) -> None:
+        self._act("suspend")
+
+    def resume(self) -> None:
+        self._act("resume")
 
 
 def _guest_files() -> tuple[Path, Path]:

@@ -180,6 +180,36 @@ def test_huge_binary_input_does_not_break_the_relay(console_world, guest_vm, asg
     asyncio.run(scenario())
 
 
+def test_a_paste_a_paused_guest_cannot_take_ends_that_session_only(
+    console_world, guest_vm, console_guest, asgi_server
+):
+    team, developer = console_world["team"], console_world["developer"]
+
+    async def scenario():
+        session = await open_session(asgi_server, developer, team, guest_vm)
+        await session.ready()
+        assert await session.type_until(b"echo ok-$((2+2))\n", b"ok-4")
+        await asyncio.to_thread(console_guest.suspend)
+        try:
+            for _ in range(32):  # 16 MiB in 512 KiB frames
+                await session.socket.send(b"y" * (512 * 1024))
+        except ConnectionClosed:
+            pass
+        await session.pump(lambda s: False, 30)
+        await asyncio.to_thread(console_guest.resume)
+        assert session.close_code is not None
+        await wait_for_session_end(1)
+        again = await open_session(asgi_server, developer, team, guest_vm)
+        await again.ready()
+        assert await again.type_until(b"\x03echo back-$((4+4))\n", b"back-8")
+        await again.close()
+        return session
+
+    session = asyncio.run(scenario())
+    assert session.close_code == protocol.CLOSE_INPUT_OVERFLOW
+    assert "faster than the console takes it" in session.events[-1]["reason"]
+
+
 def test_refusals_before_any_console_opens(console_world, monkeypatch, asgi_server):
     team, developer = console_world["team"], console_world["developer"]
     monkeypatch.setattr(consumer_module, "RELAY_ANSWER_SECONDS", 1)

@@ -10,6 +10,7 @@ and writes the streams, so nothing here blocks on a guest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ class RelaySession:
     session_id: str
     reply_to: str
     stream: ConsoleStream | None = None
+    connection: libvirt.virConnect | None = None
     output: asyncio.Queue = field(default_factory=asyncio.Queue)
     last_heard: float = field(default_factory=time.monotonic)
     sender: asyncio.Task | None = None
@@ -60,9 +62,9 @@ class ConsoleRelay:
         self.layer = layer
         self.host_channel = protocol.host_channel(host_name)
         self._open_connection = open_connection
-        self._connection: libvirt.virConnect | None = None
         self._silence_seconds = silence_seconds
         self.sessions: dict[str, RelaySession] = {}
+        self._endings: set[asyncio.Task] = set()
         self.channel = ""
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -82,6 +84,9 @@ class ConsoleRelay:
                 task.cancel()
             for session_id in list(self.sessions):
                 await self._end(session_id, protocol.CLOSE_RELAY_UNAVAILABLE, "the relay stopped")
+            # Let the cancelled listeners and senders finish before the loop closes.
+            await asyncio.gather(*listeners, return_exceptions=True)
+            await asyncio.sleep(0)
 
     async def _listen(self, channel: str) -> None:
         while True:
@@ -110,9 +115,7 @@ class ConsoleRelay:
         session = RelaySession(str(message["session"]), str(message["reply_to"]))
         self.sessions[session.session_id] = session
         try:
-            session.stream = await asyncio.to_thread(
-                self._open_stream, str(message["domain"]), session.session_id
-            )
+            await asyncio.to_thread(self._open_stream, session, str(message["domain"]))
         except (NotFound, InvalidState):
             await self._end(session.session_id, protocol.CLOSE_VM_STOPPED, "the VM is not running")
             return
@@ -120,20 +123,22 @@ class ConsoleRelay:
             await self._end(session.session_id, protocol.CLOSE_BUSY, str(error))
             return
         except (HypervisorError, libvirt.libvirtError) as error:
-            self._connection = None  # reopened for the next session
             await self._end(session.session_id, protocol.CLOSE_CONSOLE_FAILED, str(error)[:100])
             return
         if session.session_id not in self.sessions:  # closed while opening
-            session.stream.close()
+            await asyncio.to_thread(self._close_libvirt, session)
             return
         session.sender = asyncio.create_task(self._send_output(session))
         await self._send(session, {"type": "console.ready", "relay": self.channel})
 
-    def _open_stream(self, domain: str, session_id: str) -> ConsoleStream:
-        if self._connection is None or not self._connection.isAlive():
-            self._connection = self._open_connection()
-        return ConsoleStream(
-            self._connection,
+    def _open_stream(self, session: RelaySession, domain: str) -> None:
+        """Open the console on a connection of the session's own: libvirtd drops a
+        connection whose stream it buffers too much for (a paused guest under a
+        huge paste), and that must end this session only."""
+        session_id = session.session_id
+        session.connection = self._open_connection()
+        session.stream = ConsoleStream(
+            session.connection,
             domain,
             on_output=lambda data: self._loop.call_soon_threadsafe(
                 self._output_arrived, session_id, data
@@ -147,9 +152,11 @@ class ConsoleRelay:
         try:
             session.stream.write(data)
         except InputOverflow as error:
-            asyncio.create_task(
+            ending = asyncio.create_task(
                 self._end(session.session_id, protocol.CLOSE_INPUT_OVERFLOW, str(error))
             )
+            self._endings.add(ending)  # a task nobody references may be collected
+            ending.add_done_callback(self._endings.discard)
 
     def _output_arrived(self, session_id: str, data: bytes) -> None:
         session = self.sessions.get(session_id)
@@ -183,8 +190,9 @@ class ConsoleRelay:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
-        if session.stream is not None:
-            session.stream.close()
+        # In a thread: closing a connection with input still queued for a
+        # guest waits on libvirtd, and every other console shares this loop.
+        await asyncio.to_thread(self._close_libvirt, session)
         if session.sender is not None:
             session.sender.cancel()
         log.info("console session %s ended: %s", session_id, reason)
@@ -196,6 +204,14 @@ class ConsoleRelay:
                 await self._send(session, {"type": "console.ended", "code": code, "reason": reason})
             except ChannelFull:
                 pass  # the consumer stopped reading; its keepalive check ends it too
+
+    @staticmethod
+    def _close_libvirt(session: RelaySession) -> None:
+        if session.stream is not None:
+            session.stream.close()
+        if session.connection is not None:
+            with contextlib.suppress(libvirt.libvirtError):  # already dropped by libvirtd
+                session.connection.close()
 
     async def _reap_silent_sessions(self) -> None:
         """End sessions whose web process went away without saying so."""

@@ -14,6 +14,7 @@ import time
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -107,8 +108,23 @@ class ConsoleConsumer(AsyncWebsocketConsumer):
             return  # nothing to type into yet, or a read-only session
         data = bytes_data if bytes_data is not None else (text_data or "").encode()
         self.last_activity = time.monotonic()
-        for start in range(0, len(data), protocol.INPUT_PIECE):
-            await self.to_relay("console.input", data=data[start : start + protocol.INPUT_PIECE])
+        try:
+            for start in range(0, len(data), protocol.INPUT_PIECE):
+                piece = data[start : start + protocol.INPUT_PIECE]
+                await self.to_relay("console.input", data=piece)
+        except ChannelFull:
+            # The relay is that far behind (a paused guest under a huge paste):
+            # end the session rather than drop keystrokes or grow without bound.
+            # The close goes by the host's channel: the relay's own one is full.
+            await self.channel_layer.send(
+                protocol.host_channel(self.ticket.vm.host.name),
+                {"type": "console.close", "session": str(self.ticket.pk)},
+            )
+            self.relay_channel = None
+            self.relay_answered = True
+            await self.refuse(
+                protocol.CLOSE_INPUT_OVERFLOW, "input arrives faster than the console takes it"
+            )
 
     async def console_ready(self, message):
         if self.ticket is None or message.get("session") != str(self.ticket.pk):
