@@ -10,6 +10,8 @@ import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels_redis.core import RedisChannelLayer
+from django.conf import settings
 from django.test import Client
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -208,6 +210,53 @@ def test_a_paste_a_paused_guest_cannot_take_ends_that_session_only(
     session = asyncio.run(scenario())
     assert session.close_code == protocol.CLOSE_INPUT_OVERFLOW
     assert "faster than the console takes it" in session.events[-1]["reason"]
+
+
+def test_an_idle_session_ends(console_world, guest_vm, asgi_server, settings):
+    settings.STRATA_CONSOLE_IDLE_SECONDS = 2
+
+    async def scenario():
+        session = await open_session(
+            asgi_server, console_world["developer"], console_world["team"], guest_vm
+        )
+        await session.ready()
+        await session.pump(lambda s: False, 20)
+        await wait_for_session_end(1)
+        return session
+
+    session = asyncio.run(scenario())
+    assert session.close_code == protocol.CLOSE_IDLE
+    assert AuditEvent.objects.get(action="console.end").details["reason"] == (
+        "the console was idle too long"
+    )
+
+
+def test_a_relay_ends_sessions_whose_web_side_went_silent(console_world, console_guest, relay_for):
+    """A web process that died sends no keepalive: the relay frees the console."""
+    relay = relay_for(console_world["host"].name, silence_seconds=1)
+    layer = RedisChannelLayer(hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"])
+
+    async def scenario():
+        reply_to = await layer.new_channel("console-test.")
+        await layer.send(
+            protocol.host_channel(console_world["host"].name),
+            {
+                "type": "console.open",
+                "session": "77",
+                "domain": console_guest.domain_name,
+                "reply_to": reply_to,
+            },
+        )
+        kinds = []
+        while "console.ended" not in kinds:
+            message = await asyncio.wait_for(layer.receive(reply_to), 15)
+            kinds.append(message["type"])
+        return kinds, message
+
+    kinds, ended = asyncio.run(scenario())
+    assert kinds[0] == "console.ready"
+    assert ended["code"] == protocol.CLOSE_IDLE
+    assert relay.relay.sessions == {}
 
 
 def test_refusals_before_any_console_opens(console_world, monkeypatch, asgi_server):
