@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from cloud.models import (
+    ConsoleTicket,
     Container,
     Deployment,
     DeploymentTarget,
@@ -227,6 +228,24 @@ class VMSampleAdmin(admin.ModelAdmin):
     list_filter = ["vm__host"]
     search_fields = ["vm__name", "vm__environment__name"]
     date_hierarchy = "at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(ConsoleTicket)
+class ConsoleTicketAdmin(admin.ModelAdmin):
+    """Console sessions as evidence: who opened which VM's console, when, how it
+    ended. Tickets are issued by the portal (only a key's digest is kept), never
+    by hand, and not edited."""
+
+    list_display = ["vm", "user", "created_at", "used_at", "can_type", "ended_at", "end_reason"]
+    list_filter = ["can_type", "vm__environment__team"]
+    search_fields = ["vm__name", "user__username", "end_reason"]
+    date_hierarchy = "created_at"
 
     def has_add_permission(self, request):
         return False

@@ -1,6 +1,11 @@
 """Small builders for a complete team-owned object graph."""
 
+from datetime import timedelta
+
+from django.utils import timezone
+
 from cloud.models import (
+    ConsoleTicket,
     Container,
     Deployment,
     DeploymentTarget,
@@ -17,6 +22,7 @@ from cloud.models import (
     VirtualMachine,
     VMSample,
 )
+from tenants.models import Membership
 
 SHA = "a" * 64
 
@@ -60,4 +66,13 @@ def team_world(team, port: int):
     Secret.objects.create(team=team, name="token", value="s3cret")
     job = Job.objects.create(team=team, kind="provision", environment=env, vm=vm)
     JobStep.objects.create(job=job, index=0, name="create-disk")
+    member = Membership.objects.filter(team=team).first()
+    if member is not None:  # a console ticket is a member's
+        ConsoleTicket.objects.create(
+            digest=f"{team.pk:064x}",
+            user=member.user,
+            vm=vm,
+            origin="http://testserver",
+            expires_at=timezone.now() + timedelta(minutes=1),
+        )
     return env

@@ -31,6 +31,7 @@ def test_every_team_owned_model_is_scoped():
         "Quota",
         "AuditEvent",
         "Membership",
+        "ConsoleTicket",
     }
     assert expected <= names
 
