@@ -119,8 +119,8 @@ def docker_cli(tmp_path):
 @pytest.fixture
 def local_image():
     """A one-layer image made here (no network): ``local_image(reference)`` tags
-    it in the host's engine; every tag made is removed at the end."""
-    tags = []
+    it in the host's engine; every image made is removed at the end."""
+    image_ids = []
 
     def make(reference: str) -> str:
         buffer = io.BytesIO()
@@ -129,13 +129,14 @@ def local_image():
             info = tarfile.TarInfo("payload")
             info.size = len(content)
             tar.addfile(info, io.BytesIO(content))
-        subprocess.run(
+        imported = subprocess.run(
             ["docker", "import", "-", reference], input=buffer.getvalue(),
             capture_output=True, check=True, timeout=60,
         )
-        tags.append(reference)
+        image_ids.append(imported.stdout.decode().strip())
         return reference
 
     yield make
-    if tags:
-        subprocess.run(["docker", "rmi", "--force", *tags], capture_output=True, timeout=60)
+    # By id: a pull by digest leaves the same image under a name with no tag.
+    if image_ids:
+        subprocess.run(["docker", "rmi", "--force", *image_ids], capture_output=True, timeout=60)

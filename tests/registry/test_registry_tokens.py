@@ -156,3 +156,24 @@ def test_the_signing_key_is_made_once_and_private(ask, api_key, settings):
     second = claims(ask(key), settings)
     assert key_file.read_bytes() == before
     assert first["jti"] != second["jti"]
+
+
+def test_hostile_strings_in_every_place_of_a_scope_grant_nothing(ask, api_key, settings):
+    """As the whole scope, its repository or its actions: a 400 naming scope,
+    or (an action or resource type it does not know) a token without access."""
+    from tests.hostile_corpus import STRINGS
+
+    key = api_key("alpha", "admin")
+    for hostile in STRINGS:
+        for scope in (hostile, f"repository:alpha/{hostile}:pull", f"repository:{hostile}:pull",
+                      f"repository:alpha/web:{hostile}", f"{hostile}:alpha/web:pull"):
+            answer = ask(key, scope)
+            if answer.status_code == 400:
+                assert "scope" in answer.json(), (scope, answer.content)
+                continue
+            granted = [entry["actions"] for entry in claims(answer, settings)["access"]]
+            assert granted in ([[]], [["pull"]]), (scope, granted)
+            if granted == [["pull"]]:  # only a valid alpha/ repository with the action pull
+                assert scope.endswith(":pull") and scope.startswith("repository:alpha/"), scope
+        answer = ask(key, service=hostile)
+        assert answer.status_code == 400 and "service" in answer.json(), hostile
