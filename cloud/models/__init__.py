@@ -30,6 +30,7 @@ from cloud.models.environments import (
     VMSample,
 )
 from cloud.models.jobs import Job, JobStep, JobStepState
+from cloud.models.registry import RegistryImage, RegistryTag
 from cloud.models.releases import (
     Container,
     ContainerHealth,
@@ -66,6 +67,8 @@ __all__ = [
     "Orphan",
     "OrphanKind",
     "PortForward",
+    "RegistryImage",
+    "RegistryTag",
     "Release",
     "Secret",
     "Service",

@@ -21,7 +21,12 @@ from django.utils import timezone
 from tenants.models import ApiToken, Membership, Role
 from workers.drivers.guest.errors import InvalidSpec
 from workers.drivers.guest.references import parse_reference
-from workers.drivers.registry import RegistryConfig, SigningKey, load_or_create_signing_key
+from workers.drivers.registry import (
+    RegistryConfig,
+    SigningKey,
+    load_or_create_notification_secret,
+    load_or_create_signing_key,
+)
 
 from .errors import ValidationError
 
@@ -59,7 +64,13 @@ def registry_config() -> RegistryConfig:
         service=settings.STRATA_REGISTRY_SERVICE,
         issuer=ISSUER,
         certificate_path=signing_key().certificate_path,
+        notify_url=settings.STRATA_REGISTRY_NOTIFY_URL,
+        notify_secret=notification_secret(),
     )
+
+
+def notification_secret() -> str:
+    return load_or_create_notification_secret(settings.STRATA_REGISTRY_AUTH_DIR)
 
 
 def _parse_scope(scope: object) -> tuple[str, str, list[str]]:
@@ -120,6 +131,12 @@ def issue_registry_token(api_key: str | None, service: object, scopes: list) -> 
             {"type": kind, "name": name, "actions": _granted(token.user, kind, name, asked)}
         )
     return _signed(token.user.get_username(), access)
+
+
+def strata_pull_token(repository: str) -> str:
+    """A short token for Strata itself to read ``repository`` (sizes of pushed images)."""
+    access = [{"type": "repository", "name": repository, "actions": ["pull"]}]
+    return _signed(ISSUER, access)["token"]
 
 
 def _signed(subject: str, access: list[dict]) -> dict:

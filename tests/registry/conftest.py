@@ -42,6 +42,7 @@ def registry(registry_settings, live_server, tmp_path):
     if shutil.which(REGISTRY_BINARY) is None:
         pytest.fail(f"{REGISTRY_BINARY} is not installed (scripts/install-system.sh installs it)")
     registry_settings.STRATA_REGISTRY_REALM = f"{live_server.url}/api/v1/registry/token"
+    registry_settings.STRATA_REGISTRY_NOTIFY_URL = f"{live_server.url}/api/v1/registry/events"
     config = registry_config()
     path = write_config(config, tmp_path / "registry.yml")
     log = open(tmp_path / "registry.log", "wb")  # closed once the process is gone

@@ -14,6 +14,7 @@ import datetime
 import fcntl
 import hashlib
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 KEY_FILE = "token-signing.key"
 CERT_FILE = "token-signing.crt"
+NOTIFY_SECRET_FILE = "notification-secret"  # noqa: S105 - a file name, not a secret
 CERT_YEARS = 10
 
 
@@ -85,3 +87,20 @@ def _create(key_path: Path, cert_path: Path) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem_key)
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+
+
+def load_or_create_notification_secret(directory: Path) -> str:
+    """The shared secret the registry sends with its event notifications (0600)."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory / NOTIFY_SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(32))
+    secret = path.read_text().strip()
+    if not secret:
+        raise ValueError(f"{path} is empty: remove it to make a new secret")
+    return secret
