@@ -10,6 +10,7 @@ import requests
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 SERVICE = "strata-registry"
+MANIFEST_V2 = "application/vnd.docker.distribution.manifest.v2+json"
 
 
 @pytest.fixture(autouse=True)
@@ -134,3 +135,42 @@ def test_the_catalog_lists_nothing(pushed, api_key, live_server):
         f"http://{registry}/v2/_catalog", headers={"Authorization": f"Bearer {token}"}, timeout=10
     )
     assert answer.status_code == 401
+
+
+def test_another_team_cannot_mount_a_blob_it_cannot_pull(
+    pushed, api_key, live_server, docker_cli
+):
+    """A cross-repository mount needs pull on the source, which another team's
+    token never carries: the layer is not linked into its repository, and the
+    Docker client, which tries such mounts for layers this engine pushed
+    before, falls back to uploading its own copy."""
+    registry, _, reference = pushed
+    alpha_key = api_key("alpha", "viewer")
+    alpha_token = registry_token(live_server, alpha_key, "repository:alpha/web:pull")
+    manifest = requests.get(
+        f"http://{registry}/v2/alpha/web/manifests/1",
+        headers={"Authorization": f"Bearer {alpha_token}", "Accept": MANIFEST_V2},
+        timeout=10,
+    )
+    layer = manifest.json()["layers"][0]["digest"]
+    beta_key = api_key("beta", "developer")
+    answer = requests.get(
+        f"{live_server.url}/api/v1/registry/token", auth=("token", beta_key), timeout=10,
+        params={"service": SERVICE,
+                "scope": ["repository:beta/stolen:pull,push", "repository:alpha/web:pull"]},
+    )
+    headers = {"Authorization": f"Bearer {answer.json()['token']}"}
+    mount = requests.post(
+        f"http://{registry}/v2/beta/stolen/blobs/uploads/",
+        params={"mount": layer, "from": "alpha/web"}, headers=headers, timeout=10,
+    )
+    assert mount.status_code == 401, mount.text
+    stolen = requests.head(
+        f"http://{registry}/v2/beta/stolen/blobs/{layer}", headers=headers, timeout=10
+    )
+    assert stolen.status_code == 404
+
+    beta = docker_cli()
+    beta.login(registry, beta_key)
+    beta.run("tag", reference, f"{registry}/beta/web:1")
+    beta.run("push", f"{registry}/beta/web:1")
