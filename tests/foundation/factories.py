@@ -1,5 +1,7 @@
 """Small builders for a complete team-owned object graph."""
 
+from django.utils import timezone
+
 from cloud.models import (
     Container,
     Deployment,
@@ -11,6 +13,8 @@ from cloud.models import (
     Job,
     JobStep,
     PortForward,
+    RegistryImage,
+    RegistryTag,
     Release,
     Secret,
     Service,
@@ -60,4 +64,9 @@ def team_world(team, port: int):
     Secret.objects.create(team=team, name="token", value="s3cret")
     job = Job.objects.create(team=team, kind="provision", environment=env, vm=vm)
     JobStep.objects.create(job=job, index=0, name="create-disk")
+    pushed = RegistryImage.objects.create(
+        team=team, repository=f"{team.name}/web", digest="sha256:" + SHA, size=1,
+        media_type="application/vnd.oci.image.manifest.v1+json", pushed_at=timezone.now(),
+    )
+    RegistryTag.objects.create(image=pushed, repository=pushed.repository, tag="1")
     return env

@@ -31,6 +31,8 @@ def test_every_team_owned_model_is_scoped():
         "Quota",
         "AuditEvent",
         "Membership",
+        "RegistryImage",
+        "RegistryTag",
     }
     assert expected <= names
 
