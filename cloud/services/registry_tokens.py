@@ -18,14 +18,16 @@ import jwt
 from django.conf import settings
 from django.utils import timezone
 
+from cloud.keyfiles import read_or_create
 from tenants.models import ApiToken, Membership, Role
 from workers.drivers.guest.errors import InvalidSpec
 from workers.drivers.guest.references import parse_reference
 from workers.drivers.registry import (
     RegistryConfig,
     SigningKey,
-    load_or_create_notification_secret,
-    load_or_create_signing_key,
+    generate_private_key_pem,
+    load_private_key,
+    self_signed_certificate_pem,
 )
 
 from .errors import ValidationError
@@ -40,6 +42,10 @@ ROLE_ACTIONS = {
 # A push asks for its repository and each repository it may mount blobs from.
 MAX_SCOPES = 16
 MAX_SCOPE_LENGTH = 300
+# Kept in STRATA_REGISTRY_AUTH_DIR, each made once on first use (cloud.keyfiles).
+KEY_FILE = "token-signing.key"
+CERT_FILE = "token-signing.crt"
+NOTIFY_SECRET_FILE = "notification-secret"  # noqa: S105 - a file name, not a secret
 
 
 class InvalidCredentials(Exception):
@@ -48,7 +54,13 @@ class InvalidCredentials(Exception):
 
 @functools.lru_cache(maxsize=4)
 def _signing_key(directory) -> SigningKey:
-    return load_or_create_signing_key(directory)
+    """The pair kept in ``directory``: the key first, then the certificate made
+    from whichever key was kept, so a certificate always matches its key."""
+    pem = read_or_create(directory / KEY_FILE, generate_private_key_pem, dir_mode=0o700)
+    private_key = load_private_key(pem)
+    cert_path = directory / CERT_FILE
+    read_or_create(cert_path, lambda: self_signed_certificate_pem(private_key), dir_mode=0o700)
+    return SigningKey(private_key, cert_path)
 
 
 def signing_key() -> SigningKey:
@@ -70,7 +82,12 @@ def registry_config() -> RegistryConfig:
 
 
 def notification_secret() -> str:
-    return load_or_create_notification_secret(settings.STRATA_REGISTRY_AUTH_DIR)
+    """The shared secret the registry sends with its event notifications (0600)."""
+    path = settings.STRATA_REGISTRY_AUTH_DIR / NOTIFY_SECRET_FILE
+    secret = read_or_create(path, lambda: secrets.token_urlsafe(32) + "\n", dir_mode=0o700)
+    if not secret.strip():
+        raise ValueError(f"{path} is empty: remove it to make a new secret")
+    return secret.strip()
 
 
 def _parse_scope(scope: object) -> tuple[str, str, list[str]]:

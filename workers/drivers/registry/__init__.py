@@ -10,20 +10,22 @@ from .config import RegistryConfig, render_config, write_config
 from .health import RegistryDown, check_health
 from .signing import (
     SigningKey,
-    load_or_create_notification_secret,
-    load_or_create_signing_key,
+    generate_private_key_pem,
+    load_private_key,
+    self_signed_certificate_pem,
 )
 
 __all__ = [
     "MANIFEST_TYPES",
     "ManifestInvalid",
     "image_size",
-    "load_or_create_notification_secret",
     "RegistryConfig",
     "RegistryDown",
     "SigningKey",
     "check_health",
-    "load_or_create_signing_key",
+    "generate_private_key_pem",
+    "load_private_key",
+    "self_signed_certificate_pem",
     "render_config",
     "write_config",
 ]
