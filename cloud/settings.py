@@ -285,6 +285,22 @@ STRATA_STUCK_JOB_SECONDS = int(os.environ.get("STRATA_STUCK_JOB_SECONDS", "1800"
 # How long a web request waits for a host's worker to read a container's logs or
 # stats before it answers 503 with Retry-After: a web worker is never held longer.
 STRATA_LIVE_READ_SECONDS = float(os.environ.get("STRATA_LIVE_READ_SECONDS", "5"))
+# The team image registry (issue 12): where it listens, where it keeps images,
+# where clients fetch its tokens (Strata's own URL as they reach it) and where
+# it posts its push and delete events.
+STRATA_REGISTRY_ADDR = os.environ.get("STRATA_REGISTRY_ADDR", "127.0.0.1:5000")
+STRATA_REGISTRY_DIR = Path(os.environ.get("STRATA_REGISTRY_DIR") or STRATA_DATA_DIR / "registry")
+STRATA_REGISTRY_AUTH_DIR = STRATA_DATA_DIR / "registry-auth"
+STRATA_REGISTRY_REALM = os.environ.get(
+    "STRATA_REGISTRY_REALM",
+    f"http://{os.environ.get('STRATA_BIND', '127.0.0.1:8000')}/api/v1/registry/token",
+)
+STRATA_REGISTRY_NOTIFY_URL = os.environ.get(
+    "STRATA_REGISTRY_NOTIFY_URL",
+    f"http://{os.environ.get('STRATA_BIND', '127.0.0.1:8000')}/api/v1/registry/events",
+)
+STRATA_REGISTRY_SERVICE = os.environ.get("STRATA_REGISTRY_SERVICE", "strata-registry")
+STRATA_REGISTRY_TOKEN_SECONDS = int(os.environ.get("STRATA_REGISTRY_TOKEN_SECONDS", "300"))
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "strata.reconcile", "schedule": float(STRATA_RECONCILE_SECONDS)},
 }

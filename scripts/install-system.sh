@@ -8,6 +8,8 @@ packages=(
   libvirt-dev pkg-config gcc python3-dev
   # guest images and containers
   debootstrap e2fsprogs docker.io busybox-static
+  # the team image registry (CNCF distribution)
+  docker-registry
   # services
   redis-server postgresql openssh-server openssh-client
   # tools used by scripts and the benchmarks

@@ -12,6 +12,7 @@ export STRATA_HTTPS=${STRATA_HTTPS:-false}
 
 scripts/services.sh redis libvirt docker
 $py manage.py migrate --noinput
+scripts/services.sh registry
 $py manage.py collectstatic --noinput -v 0
 queue=$($py manage.py bootstrap --print-queue)
 # The default guest image: built once with debootstrap (about 80 s), then cached.

@@ -2,7 +2,7 @@
 # Start the daemons Strata needs, each only if it is not already answering.
 # No systemd on our test machines: where systemd is PID 1 we use it, otherwise
 # we start the daemons directly.
-# Usage: scripts/services.sh [redis] [libvirt] [docker] [postgres] [sshd] [kvm]
+# Usage: scripts/services.sh [redis] [libvirt] [docker] [postgres] [sshd] [kvm] [registry]
 set -euo pipefail
 want=("$@")
 [ ${#want[@]} -gt 0 ] || want=(redis libvirt docker)
@@ -11,6 +11,8 @@ mkdir -p "$log_dir"
 has_systemd() { [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; }
 has_udev() { pgrep -x systemd-udevd >/dev/null || pgrep -x udevd >/dev/null; }
 kvm_device=${STRATA_KVM_DEVICE:-/dev/kvm}
+repo=$(cd "$(dirname "$0")/.." && pwd)
+python=${STRATA_PYTHON:-$repo/.venv/bin/python}
 
 wait_for() {  # wait_for DESCRIPTION COMMAND...
   local what=$1; shift
@@ -79,6 +81,18 @@ start_postgres() {
 start_sshd() {
   # Only needed for the host key material; tests run their own sshd on a loopback port.
   ssh-keygen -A >/dev/null
+}
+
+start_registry() {
+  # Strata's own registry, configured from its settings (token auth by Strata,
+  # loopback address).  The Debian package's unit would serve the packaged
+  # htpasswd configuration on all addresses, on the same port: keep it off.
+  local manage=("$python" "$repo/manage.py" registry_config)
+  if has_systemd; then systemctl disable --now docker-registry.service >/dev/null 2>&1 || true; fi
+  "${manage[@]}" --check >/dev/null 2>&1 && return 0
+  local config; config=$("${manage[@]}")
+  (setsid docker-registry serve "$config" >>"$log_dir/registry.log" 2>&1 &)
+  wait_for registry "${manage[@]}" --check
 }
 
 for s in "${want[@]}"; do "start_$s"; done

@@ -13,6 +13,8 @@ from cloud.models import (
     JobStep,
     Orphan,
     PortForward,
+    RegistryImage,
+    RegistryTag,
     Release,
     Secret,
     Service,
@@ -246,6 +248,43 @@ class ConsoleTicketAdmin(admin.ModelAdmin):
     list_filter = ["can_type", "vm__environment__team"]
     search_fields = ["vm__name", "user__username", "end_reason"]
     date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class RegistryTagInline(admin.TabularInline):
+    model = RegistryTag
+    fields = ["tag"]
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(RegistryImage)
+class RegistryImageAdmin(admin.ModelAdmin):
+    """Team images as the registry reported them; the registry holds the bytes, so
+    an edit here would only make the record lie."""
+
+    list_display = ["repository", "digest", "size", "team", "pushed_by", "pushed_at"]
+    list_filter = ["team"]
+    search_fields = ["repository", "digest"]
+    inlines = [RegistryTagInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(RegistryTag)
+class RegistryTagAdmin(admin.ModelAdmin):
+    list_display = ["repository", "tag", "image"]
+    search_fields = ["repository", "tag"]
 
     def has_add_permission(self, request):
         return False

@@ -31,6 +31,7 @@ from cloud.models.environments import (
     VMSample,
 )
 from cloud.models.jobs import Job, JobStep, JobStepState
+from cloud.models.registry import RegistryImage, RegistryTag
 from cloud.models.releases import (
     Container,
     ContainerHealth,
@@ -68,6 +69,8 @@ __all__ = [
     "Orphan",
     "OrphanKind",
     "PortForward",
+    "RegistryImage",
+    "RegistryTag",
     "Release",
     "Secret",
     "Service",

@@ -16,6 +16,8 @@ from cloud.models import (
     Job,
     JobStep,
     PortForward,
+    RegistryImage,
+    RegistryTag,
     Release,
     Secret,
     Service,
@@ -75,4 +77,9 @@ def team_world(team, port: int):
             origin="http://testserver",
             expires_at=timezone.now() + timedelta(minutes=1),
         )
+    pushed = RegistryImage.objects.create(
+        team=team, repository=f"{team.name}/web", digest="sha256:" + SHA, size=1,
+        media_type="application/vnd.oci.image.manifest.v1+json", pushed_at=timezone.now(),
+    )
+    RegistryTag.objects.create(image=pushed, repository=pushed.repository, tag="1")
     return env

@@ -5,7 +5,7 @@ from django.apps import apps
 from django.contrib import admin
 from django.urls import reverse
 
-from cloud.models import ConsoleTicket, Orphan, VMSample
+from cloud.models import ConsoleTicket, Orphan, RegistryImage, RegistryTag, VMSample
 from tenants.models import ApiToken, AuditEvent, Team
 from tests.foundation.factories import team_world
 
@@ -35,9 +35,10 @@ def test_admin_pages_load(admin_client, make_team, model):
     change = admin_client.get(reverse(f"admin:{label}_change", args=[instance.pk]))
     assert change.status_code == 200
     add = admin_client.get(reverse(f"admin:{label}_add"))
-    # Evidence, issued keys and measurements are not made by hand in the admin.
-    by_hand = model not in (AuditEvent, ApiToken, VMSample, ConsoleTicket)
-    assert add.status_code == (200 if by_hand else 403)
+    # Evidence, issued keys, measurements and what the registry reported are not
+    # made by hand in the admin.
+    by_hand_refused = (AuditEvent, ApiToken, VMSample, ConsoleTicket, RegistryImage, RegistryTag)
+    assert add.status_code == (403 if model in by_hand_refused else 200)
 
 
 def test_audit_events_are_read_only(admin_client, make_team):

@@ -1,0 +1,148 @@
+"""The team image registry's endpoints: its token service (``auth.token.realm``),
+the receiver of its event notifications, and the team's image list.
+
+The token endpoint:
+
+Docker clients call it with Basic auth (any username, a Strata API token as
+the password), ``service`` and zero or more ``scope`` parameters; see
+cloud/services/registry_tokens.py for what is granted.  Errors carry both
+Strata's ``detail`` and the registry protocol's ``errors`` list, which is
+what ``docker login`` prints.
+"""
+
+import base64
+import binascii
+import hmac
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import authentication, exceptions, generics, serializers, status
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from cloud.models import RegistryImage
+from cloud.selectors.registry_images import team_images
+from cloud.services.errors import ValidationError
+from cloud.services.registry_images import record_events
+from cloud.services.registry_tokens import (
+    InvalidCredentials,
+    issue_registry_token,
+    notification_secret,
+)
+from workers.drivers.registry import ManifestInvalid, RegistryDown
+
+from .views import ServiceUnavailable, TeamScopedMixin
+
+
+def _basic_password(request) -> str | None:
+    """The password of a Basic Authorization header, or None when there is none."""
+    scheme, _, encoded = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _, colon, password = decoded.partition(":")
+    return password if colon else None
+
+
+def _error(code: str, message: str, answer_status: int, **extra) -> Response:
+    body = {"detail": message, "errors": [{"code": code, "message": message}], **extra}
+    return Response(body, status=answer_status)
+
+
+class RegistryToken(APIView):
+    # The password is a Strata API token, checked by the service, not by DRF's schemes.
+    authentication_classes = ()
+    permission_classes = (AllowAny,)
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("service", str, required=True),
+            OpenApiParameter("scope", str, many=True),
+        ],
+        responses={200: dict},
+        description="A registry bearer token; Basic auth with an API token as the password.",
+    )
+    def get(self, request):
+        try:
+            answer = issue_registry_token(
+                _basic_password(request),
+                request.query_params.get("service"),
+                request.query_params.getlist("scope"),
+            )
+        except InvalidCredentials as exc:
+            response = _error("UNAUTHORIZED", str(exc), status.HTTP_401_UNAUTHORIZED)
+            response["WWW-Authenticate"] = 'Basic realm="strata registry"'
+            return response
+        except ValidationError as exc:
+            field, messages = next(iter(exc.message_dict.items()))
+            return _error(
+                "DENIED", f"{field}: {messages[0]}", status.HTTP_400_BAD_REQUEST,
+                **exc.message_dict,
+            )
+        return Response(answer, headers={"Cache-Control": "no-store"})
+
+
+class RegistryEventsParser(JSONParser):
+    media_type = "application/vnd.docker.distribution.events.v1+json"
+
+
+class RegistryNotifier:
+    """Who posts events: the registry, proving it with the shared notification secret."""
+
+    is_authenticated = True
+
+
+class NotificationSecretAuthentication(authentication.BaseAuthentication):
+    def authenticate(self, request):
+        scheme, _, credential = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        if not hmac.compare_digest(credential.encode(), notification_secret().encode()):
+            raise exceptions.AuthenticationFailed("not the registry's notification secret")
+        return RegistryNotifier(), None
+
+    def authenticate_header(self, request):
+        return "Bearer"
+
+
+class RegistryEvents(APIView):
+    """The registry's notifications endpoint: pushes and deletes of manifests."""
+
+    authentication_classes = (NotificationSecretAuthentication,)
+    permission_classes = (IsAuthenticated,)
+    parser_classes = (RegistryEventsParser, JSONParser)
+
+    # Not part of the public API: only the registry calls it, with the shared secret
+    # (so the hostile-input walk, which calls as a team member, leaves it to its own tests).
+    @extend_schema(exclude=True)
+    def post(self, request):
+        try:
+            recorded = record_events(request.data)
+        except (RegistryDown, ManifestInvalid) as exc:
+            # A non-2xx answer makes the registry send the envelope again, with backoff.
+            raise ServiceUnavailable(f"the pushed manifest could not be read: {exc}", 5) from exc
+        return Response({"recorded": recorded})
+
+
+class RegistryImageSerializer(serializers.ModelSerializer):
+    tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="tag")
+    pushed_by = serializers.SlugRelatedField(read_only=True, slug_field="username")
+
+    class Meta:
+        model = RegistryImage
+        fields = ["repository", "digest", "tags", "size", "media_type", "pushed_by", "pushed_at"]
+
+
+class TeamImageList(TeamScopedMixin, generics.ListAPIView):
+    """The team's images in Strata's registry, newest push first per repository."""
+
+    serializer_class = RegistryImageSerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return RegistryImage.objects.none()
+        return team_images(self.get_team())

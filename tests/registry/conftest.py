@@ -1,0 +1,143 @@
+"""A real registry (Debian's docker-registry) on a free loopback port, with
+Strata's token auth pointing at the live test server, and the host's dockerd
+with a Docker CLI config of the test's own (so no login leaks out)."""
+
+import io
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+
+import pytest
+
+from cloud.services.registry_tokens import registry_config
+from tenants.models import ApiToken
+from workers.drivers.registry import RegistryDown, check_health, write_config
+
+REGISTRY_BINARY = "docker-registry"
+START_SECONDS = 20
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def registry_settings(settings, tmp_path):
+    """This test's own registry addresses, storage and signing key."""
+    settings.STRATA_REGISTRY_ADDR = f"127.0.0.1:{free_loopback_port()}"
+    settings.STRATA_REGISTRY_DIR = tmp_path / "registry-storage"
+    settings.STRATA_REGISTRY_AUTH_DIR = tmp_path / "registry-auth"
+    return settings
+
+
+@pytest.fixture
+def registry(registry_settings, live_server, tmp_path):
+    """The running registry's address; it trusts tokens from the live server."""
+    if shutil.which(REGISTRY_BINARY) is None:
+        pytest.fail(f"{REGISTRY_BINARY} is not installed (scripts/install-system.sh installs it)")
+    registry_settings.STRATA_REGISTRY_REALM = f"{live_server.url}/api/v1/registry/token"
+    registry_settings.STRATA_REGISTRY_NOTIFY_URL = f"{live_server.url}/api/v1/registry/events"
+    config = registry_config()
+    path = write_config(config, tmp_path / "registry.yml")
+    log = open(tmp_path / "registry.log", "wb")  # closed once the process is gone
+    proc = subprocess.Popen([REGISTRY_BINARY, "serve", str(path)], stdout=log, stderr=log)
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            check_health(config.addr, config.realm, config.service)
+            break
+        except RegistryDown:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail((tmp_path / "registry.log").read_text()[-2000:])
+            time.sleep(0.1)
+    yield config.addr
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()
+
+
+@pytest.fixture
+def api_key(make_team):
+    """``api_key(team, role)`` makes a member of ``team`` (created if new) with
+    ``role`` and returns a fresh API token's key."""
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import Membership, Team
+
+    def make(team_name: str, role: str) -> str:
+        team = Team.objects.filter(name=team_name).first()
+        if team is None:
+            team, user = make_team(team_name, role)
+        else:
+            username = f"{team_name}-{role}-{secrets.token_hex(3)}"
+            user = get_user_model().objects.create_user(username)
+            Membership.objects.create(team=team, user=user, role=role)
+        return ApiToken.issue(user, "registry")[1]
+
+    return make
+
+
+class DockerCli:
+    """The docker command with a config directory of its own."""
+
+    def __init__(self, config_dir):
+        self.config_dir = config_dir
+
+    def run(self, *args, stdin: str | None = None, check: bool = True):
+        done = subprocess.run(
+            ["docker", "--config", str(self.config_dir), *args],
+            input=stdin, capture_output=True, text=True, timeout=120,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)}: {done.stderr}")
+        return done
+
+    def login(self, addr: str, key: str, check: bool = True):
+        return self.run("login", addr, "-u", "token", "--password-stdin", stdin=key, check=check)
+
+
+@pytest.fixture
+def docker_cli(tmp_path):
+    """A factory of Docker CLIs, each logged in as nobody until it logs in."""
+    made = []
+
+    def make() -> DockerCli:
+        cli = DockerCli(tmp_path / f"docker-config-{len(made)}")
+        os.makedirs(cli.config_dir)
+        made.append(cli)
+        return cli
+
+    return make
+
+
+@pytest.fixture
+def local_image():
+    """A one-layer image made here (no network): ``local_image(reference)`` tags
+    it in the host's engine; every image made is removed at the end."""
+    image_ids = []
+
+    def make(reference: str) -> str:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            content = secrets.token_bytes(4096)
+            info = tarfile.TarInfo("payload")
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+        imported = subprocess.run(
+            ["docker", "import", "-", reference], input=buffer.getvalue(),
+            capture_output=True, check=True, timeout=60,
+        )
+        image_ids.append(imported.stdout.decode().strip())
+        return reference
+
+    yield make
+    # By id: a pull by digest leaves the same image under a name with no tag.
+    if image_ids:
+        subprocess.run(["docker", "rmi", "--force", *image_ids], capture_output=True, timeout=60)
