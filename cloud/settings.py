@@ -225,6 +225,13 @@ STRATA_LIBVIRT_URI = os.environ.get("STRATA_LIBVIRT_URI", "qemu:///system")
 # "<name>-console"): another Strata on the same libvirtd, such as the test
 # suite, uses its own.
 STRATA_STORAGE_POOL = os.environ.get("STRATA_STORAGE_POOL", "strata")
+# Environment segments: each environment gets a /STRATA_SUBNET_PREFIX subnet of
+# these private ranges (comma- or space-separated) and a libvirt network per host.
+# Empty: no segments, VMs keep only their user-mode NIC (the libvirt network's
+# bridge and dnsmasq live in libvirtd's network namespace, so a test machine
+# sets a pool only for a libvirtd inside a namespace of its own).
+STRATA_SUBNET_POOL = os.environ.get("STRATA_SUBNET_POOL", "").replace(",", " ").split()
+STRATA_SUBNET_PREFIX = os.environ.get("STRATA_SUBNET_PREFIX", "24")
 
 
 # Marks this Strata's libvirt domains and VM volumes: the reconciler removes

@@ -12,6 +12,7 @@ from cloud.models.catalogue import Flavor, Host, Image
 from cloud.models.crypto import EncryptedTextField
 from cloud.models.states import VM_MACHINE, StatefulModel, VMState, state_check
 from tenants.models import Team, TeamScopedQuerySet, scoped_queryset, slug_name
+from workers.drivers.hypervisor.spec import mac_address_for, network_name_for
 
 port_number = [MinValueValidator(1), MaxValueValidator(65535)]
 
@@ -22,8 +23,17 @@ class EnvironmentKind(models.TextChoices):
     PROD = "prod"
 
 
+class Egress(models.TextChoices):
+    """Traffic beyond the segment: none (isolated), or libvirt's ``nat`` / ``route``."""
+
+    ISOLATED = "", "isolated"
+    NAT = "nat", "nat"
+    ROUTE = "route", "route"
+
+
 class Environment(models.Model):
     Kind = EnvironmentKind
+    Egress = Egress
 
     team = models.ForeignKey(Team, on_delete=models.PROTECT, related_name="environments")
     name = models.CharField(max_length=40, validators=[slug_name])
@@ -37,6 +47,13 @@ class Environment(models.Model):
     lock_job = models.ForeignKey(
         "Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The segment: a subnet from STRATA_SUBNET_POOL, held while the row lives.
+    # Empty for an environment made while the pool was unset (user-mode NIC only).
+    subnet = models.CharField(max_length=18, null=True, blank=True, unique=True, editable=False)
+    # The libvirt network's UUID; its name and bridge are derived from it, so two
+    # Strata installations on one libvirtd never share a network.
+    network_uuid = models.UUIDField(null=True, blank=True, unique=True, editable=False)
+    egress = models.CharField(max_length=5, choices=Egress.choices, default="", blank=True)
 
     objects = TeamScopedQuerySet.as_manager()
 
@@ -47,10 +64,16 @@ class Environment(models.Model):
                 fields=["team", "name"], name="environment_name_unique_in_team"
             ),
             state_check("kind", EnvironmentKind, "environment_kind_valid"),
+            state_check("egress", Egress, "environment_egress_valid"),
         ]
 
     def __str__(self):
         return f"{self.team.name}/{self.name}"
+
+    @property
+    def network_name(self) -> str | None:
+        """The libvirt network of the segment on each host the environment uses."""
+        return network_name_for(self.network_uuid.hex) if self.network_uuid else None
 
 
 class VirtualMachine(StatefulModel):
@@ -70,6 +93,10 @@ class VirtualMachine(StatefulModel):
     ssh_port = models.PositiveIntegerField(null=True, blank=True, validators=port_number)
     host_key_public = models.TextField(blank=True, help_text="pinned before first boot")
     host_key_private = EncryptedTextField(blank=True)
+    # The VM's address on its environment's segment (a static DHCP entry keyed
+    # by ``mac_address``, which is derived from ``uuid``): kept across reboots.
+    segment_ip = models.GenericIPAddressField(protocol="IPv4", null=True, blank=True)
+    mac_address = models.CharField(max_length=17, blank=True, editable=False)
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -81,6 +108,16 @@ class VirtualMachine(StatefulModel):
         ordering = ["environment", "name"]
         constraints = [
             models.UniqueConstraint(fields=["environment", "name"], name="vm_name_unique_in_env"),
+            models.UniqueConstraint(
+                fields=["environment", "segment_ip"],
+                condition=models.Q(segment_ip__isnull=False),
+                name="vm_segment_ip_unique_in_env",
+            ),
+            models.UniqueConstraint(
+                fields=["environment", "mac_address"],
+                condition=~models.Q(mac_address=""),
+                name="vm_mac_unique_in_env",
+            ),
             state_check("state", VMState, "vm_state_valid"),
         ]
 
@@ -90,6 +127,10 @@ class VirtualMachine(StatefulModel):
     @property
     def domain_name(self) -> str:
         return f"strata-{self.uuid}"
+
+    @property
+    def derived_mac_address(self) -> str:
+        return mac_address_for(self.uuid.hex)
 
 
 class PortForward(models.Model):

@@ -13,6 +13,7 @@ from cloud.models import Environment, Flavor, Host, Image, Job, VirtualMachine, 
 from tenants.models import AuditEvent, Quota, slug_name
 from workers.jobs import engine as jobs
 
+from . import segments
 from .access import require_act, team_row
 from .errors import Busy, QuotaExceeded, ValidationError
 from .scheduler import HostState, NoValidHost, Request, Scheduler
@@ -188,10 +189,12 @@ def _vm_jobs(parent: Job, kind: str, vms) -> None:
 
 
 def create_environment(
-    *, user, team, name, kind, vm_count=1, flavor="small", image="debian-12"
+    *, user, team, name, kind, vm_count=1, flavor="small", image="debian-12", egress=None
 ) -> Job:
-    """Create an environment of ``vm_count`` VMs; returns the job that provisions it."""
+    """Create an environment of ``vm_count`` VMs on a segment of its own (when
+    STRATA_SUBNET_POOL is set); returns the job that provisions it."""
     flavor, image = _validate_create(name, kind, vm_count, flavor, image)
+    egress = segments.validate_egress(egress)
     require_act(user, team, kind)
     with transaction.atomic():
         _check_quota(
@@ -204,7 +207,9 @@ def create_environment(
         )
         try:
             with transaction.atomic():
-                env = Environment.objects.create(team=team, name=name, kind=kind, created_by=user)
+                env = Environment.objects.create(
+                    team=team, name=name, kind=kind, created_by=user, egress=egress
+                )
         except IntegrityError as exc:
             raise ValidationError({"name": [f"an environment named {name!r} exists"]}) from exc
         scheduler = Scheduler(_host_states())
@@ -216,8 +221,9 @@ def create_environment(
             ]
         except NoValidHost as exc:
             raise ValidationError({"vm_count": [str(exc)]}) from exc
+        segments.allocate_environment_subnet(env)
         vms = [
-            VirtualMachine.objects.create(
+            VirtualMachine(
                 environment=env,
                 name=f"{name}-{i}",
                 host=hosts[state.name],
@@ -226,6 +232,9 @@ def create_environment(
             )
             for i, state in enumerate(placed, start=1)
         ]
+        segments.address_vms(env, vms)
+        for vm in vms:
+            vm.save()
         parent = jobs.create_job(
             team=team,
             kind="create_environment",

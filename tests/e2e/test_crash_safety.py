@@ -27,8 +27,17 @@ from workers.drivers.hypervisor import VolumeKind
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-STEPS = ["reserve", "create disk", "write seed", "define", "start", "wait for ssh", "check docker"]
-BEFORE_BOOT = STEPS[:4]
+STEPS = [
+    "reserve",
+    "create disk",
+    "write seed",
+    "ensure network",
+    "define",
+    "start",
+    "wait for ssh",
+    "check docker",
+]
+BEFORE_BOOT = STEPS[:5]
 # Redelivery within seconds of a kill: Redis restores the dead worker's message,
 # and the job's lease (not renewed by the dead run) has expired by then.
 FAST_REDELIVERY = {

@@ -1,5 +1,6 @@
 """The one place that turns models into driver objects: a host's hypervisor,
-a VM's SSH endpoint and connection, its port forwards and its domain spec.
+a VM's SSH endpoint and connection, its port forwards, its domain spec and
+its environment's network spec.
 
 Steps, the reconciler, the Celery entry points and the host services reach
 libvirt and guests only through these, so the settings a driver is built
@@ -13,18 +14,22 @@ from functools import cache
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from cloud.models import Host, PortForward, VirtualMachine
+from cloud.models import Environment, Host, PortForward, VirtualMachine, VMState
 from workers.drivers.guest import ConnectionPool, Endpoint, SSHConnection, load_private_key
 from workers.drivers.hypervisor import (
+    DhcpHost,
+    DnsHost,
     DomainSpec,
     ForwardSpec,
     Hypervisor,
     HypervisorError,
     KernelBoot,
+    LibvirtNetwork,
+    NetworkSpec,
     UserNetwork,
 )
 from workers.drivers.hypervisor.ports import claim_loopback_port
-from workers.drivers.hypervisor.spec import SSH_GUEST_PORT
+from workers.drivers.hypervisor.spec import SSH_GUEST_PORT, default_dhcp_range
 from workers.jobs.engine import UserError
 from workers.jobs.keys import manager_keypair
 
@@ -133,8 +138,46 @@ def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
         disk_path=hv.storage.disk_path(vm.domain_name),
         console_log_path=hv.storage.console_log_path(vm.domain_name),
         network=network,
+        segment=segment_nic(vm),
         seed_path=hv.storage.seed_path(vm.domain_name),
         virt_type=vm.host.virt_type,
         cpu_mode=vm.host.cpu_mode,
         kernel_boot=kernel,
+    )
+
+
+# --- environment segments -------------------------------------------------------
+
+
+def segment_nic(vm: VirtualMachine) -> LibvirtNetwork | None:
+    """The VM's NIC on its environment's network; None for a VM without an address."""
+    if vm.segment_ip is None:
+        return None
+    return LibvirtNetwork(network=vm.environment.network_name, mac_address=vm.mac_address)
+
+
+def segment_vms(env: Environment, host: Host):
+    """The environment's VMs on ``host`` that hold an address: the network serves these."""
+    return (
+        VirtualMachine.objects.filter(environment=env, host=host)
+        .exclude(state=VMState.DELETED)
+        .exclude(segment_ip=None)
+        .order_by("pk")
+    )
+
+
+def network_spec(env: Environment, host: Host) -> NetworkSpec:
+    """The environment's network on ``host``, with a static lease and a name for
+    each of its VMs there; the driver validates it."""
+    vms = list(segment_vms(env, host))
+    return NetworkSpec(
+        environment_id=env.network_uuid.hex,
+        uuid=str(env.network_uuid),
+        environment_name=env.name,
+        team_name=env.team.name,
+        subnet=env.subnet,
+        dhcp_range=default_dhcp_range(env.subnet),
+        dhcp_hosts=tuple(DhcpHost(vm.mac_address, vm.segment_ip, vm.name) for vm in vms),
+        dns_hosts=tuple(DnsHost(vm.segment_ip, (vm.name,)) for vm in vms),
+        egress=env.egress or None,
     )

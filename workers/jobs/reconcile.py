@@ -9,6 +9,8 @@
 - A container recorded for a running VM but gone from its engine is marked
   missing; one the engine runs with Strata's labels but no record is an
   orphan (removed after the grace period, like domains and volumes).
+- Each environment segment on the host gets back the DHCP and DNS records
+  the database wants (``steps.segment.repair_records``).
 - A job whose message was lost (not updated for a long time) is sent again.
 - Each running VM gets a CPU and memory sample (``VMSample``); samples older
   than a day are deleted in the same pass.
@@ -43,6 +45,7 @@ from workers.drivers.hypervisor import DomainState, Hypervisor, HypervisorError,
 from workers.jobs.adapters import connect, host_hypervisor
 from workers.jobs.host_support import record_virt_support
 from workers.jobs.queue import enqueue
+from workers.jobs.steps.segment import repair_records
 from workers.jobs.steps.vm_ops import STATE_OF_DOMAIN, record_state
 
 log = logging.getLogger(__name__)
@@ -86,6 +89,7 @@ def reconcile_host(host_id: int) -> dict[str, int]:
         counts["orphans_seen"] = len(found)
         counts["orphans_removed"] = _sweep_orphans(host, hv, found)
         counts["samples"] = _record_samples(hv, vms, domains)
+        counts["segments_repaired"] = repair_records(hv, host, busy)
     return counts
 
 

@@ -1,5 +1,6 @@
 """Service errors as JSON answers: 400 names the field, 403 the role needed,
-404 for anything of another team, 409 the job holding the environment."""
+404 for anything of another team, 409 the job holding the environment or
+the field whose resource ran out."""
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
@@ -7,10 +8,12 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from cloud.services.errors import Busy, Forbidden, NotFound
+from cloud.services.errors import Busy, Conflict, Forbidden, NotFound
 
 
 def handle(exc, context):
+    if isinstance(exc, Conflict):
+        return Response(exc.message_dict, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):
         body = exc.message_dict if hasattr(exc, "error_dict") else {"detail": exc.messages}
         return Response(body, status=status.HTTP_400_BAD_REQUEST)

@@ -203,6 +203,8 @@ def _devices(domain: ET.Element, spec: DomainSpec) -> None:
     _disks(devices, spec)
     if isinstance(spec.network, LibvirtNetwork):
         devices.append(interface_element(spec.network))
+    if spec.segment is not None:
+        devices.append(interface_element(spec.segment))
     # A pty console stays reachable with `virsh console`; virtlogd copies it to the file.
     serial = _sub(devices, "serial", type="pty")
     _sub(serial, "log", file=spec.console_log_path, append="off")

@@ -101,10 +101,8 @@ class UserNetwork:
 
 @dataclass(frozen=True)
 class LibvirtNetwork:
-    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``).
-
-    Not chosen by the job layer yet: environment networks (issue 11) attach VMs with it.
-    """
+    """A NIC on a libvirt network (``network``) or a host bridge (``bridge``):
+    a domain's only NIC, or its ``segment`` NIC beside a user-mode one."""
 
     network: str | None = None
     bridge: str | None = None
@@ -163,6 +161,9 @@ class DomainSpec:
     disk_path: str
     console_log_path: str
     network: UserNetwork | LibvirtNetwork
+    # The environment's segment, as a second NIC: management SSH and published
+    # ports stay on ``network`` (user-mode loopback forwards on a trial machine).
+    segment: LibvirtNetwork | None = None
     environment_id: str | None = None
     seed_path: str | None = None
     virt_type: str = "qemu"
@@ -190,6 +191,10 @@ class DomainSpec:
         if not isinstance(self.network, UserNetwork | LibvirtNetwork):
             raise InvalidSpec("network", "must be a UserNetwork or a LibvirtNetwork")
         self.network.validate()
+        if self.segment is not None:
+            if not isinstance(self.segment, LibvirtNetwork):
+                raise InvalidSpec("segment", "must be a LibvirtNetwork")
+            self.segment.validate()
         if self.kernel_boot is not None:
             if not isinstance(self.kernel_boot, KernelBoot):
                 raise InvalidSpec("kernel_boot", "must be a KernelBoot")

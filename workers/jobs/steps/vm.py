@@ -30,6 +30,7 @@ from workers.jobs.adapters import (
 )
 from workers.jobs.engine import Plan, Step, StepContext, UserError, register
 from workers.jobs.keys import manager_keypair
+from workers.jobs.steps import segment
 
 CONSOLE_TAIL_LINES = 15
 
@@ -155,6 +156,7 @@ def undo_provision(ctx: StepContext) -> None:
     if vm.state != VMState.ERROR:
         vm.move_to(VMState.ERROR, error=ctx.job.error or "provisioning failed")
     ctx.log("domain, disk, seed, console log and port forwards removed")
+    segment.undo_segment(ctx)
 
 
 def discard_provision(job, reason: str) -> None:
@@ -171,6 +173,7 @@ register(
             Step("reserve", reserve),
             Step("create disk", create_disk),
             Step("write seed", write_seed),
+            Step("ensure network", segment.ensure_network),
             Step("define", define),
             Step("start", start),
             Step("wait for ssh", wait_ssh),
@@ -203,4 +206,14 @@ def release(ctx: StepContext) -> None:
     ctx.log("port forwards released; quota freed")
 
 
-register(Plan("destroy_vm", (Step("destroy domain", destroy_domain), Step("release", release))))
+register(
+    Plan(
+        "destroy_vm",
+        (
+            Step("destroy domain", destroy_domain),
+            Step("remove records", segment.remove_records),
+            Step("release", release),
+            Step("remove network", segment.remove_network),
+        ),
+    )
+)
