@@ -27,7 +27,7 @@ def segment_settings(settings, tmp_path):
     """Segments on, and the suite's own data directory and storage pool."""
     settings.STRATA_SUBNET_POOL = [POOL]
     settings.STRATA_SUBNET_PREFIX = "24"
-    settings.STRATA_DATA_DIR = str(tmp_path / "data")
+    settings.STRATA_DATA_DIR = tmp_path / "data"
     settings.STRATA_STORAGE_POOL = "strata-segments"
     return settings
 
