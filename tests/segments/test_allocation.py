@@ -35,6 +35,10 @@ def nothing_made():
     )
 
 
+def counts() -> tuple[int, int, int]:
+    return Environment.objects.count(), Job.objects.count(), VirtualMachine.objects.count()
+
+
 def test_environment_gets_a_subnet_and_each_vm_an_address_and_derived_mac(
     make_team, catalogue, pool  # noqa: F811
 ):
@@ -86,7 +90,7 @@ def test_an_exhausted_pool_is_a_409_and_makes_nothing(make_team, catalogue, sett
     team, user = make_team("alpha")
     create(user, team, name="one")
     create(user, team, name="two")
-    made = (Environment.objects.count(), Job.objects.count(), VirtualMachine.objects.count())
+    made = counts()
     answer = api_as(user).post(
         "/api/v1/teams/alpha/environments/",
         {"name": "three", "kind": "dev", "vm_count": 1},
@@ -94,7 +98,7 @@ def test_an_exhausted_pool_is_a_409_and_makes_nothing(make_team, catalogue, sett
     )
     assert answer.status_code == 409, answer.content
     assert "all 2 /24 subnets of 10.240.0.0/23 are taken" in answer.json()["STRATA_SUBNET_POOL"][0]
-    assert (Environment.objects.count(), Job.objects.count(), VirtualMachine.objects.count()) == made
+    assert counts() == made
 
 
 def test_a_subnet_too_small_for_the_vms_is_a_409_naming_vm_count(

@@ -50,9 +50,9 @@ def run_children(parent: Job) -> None:
         assert child.state in ("succeeded", "failed"), child.state
 
 
-def create_env(team, user, name: str, vm_count: int = 2) -> Environment:
+def create_env(team, user, name: str, vm_count: int = 2, egress=None) -> Environment:
     parent = environments.create_environment(
-        user=user, team=team, name=name, kind="dev", vm_count=vm_count, flavor="small"
+        user=user, team=team, name=name, kind="dev", vm_count=vm_count, egress=egress
     )
     run_children(parent)
     parent.refresh_from_db()
@@ -74,6 +74,13 @@ def bridge_address(daemon, bridge: str) -> str:
 def in_main_namespace(bridge: str) -> bool:
     shown = subprocess.run(["ip", "link", "show", bridge], capture_output=True, check=False)
     return shown.returncode == 0
+
+
+def network_forward(libvirt_connection, env: Environment) -> str | None:
+    """The network's egress as libvirtd holds it (no <forward>: isolated)."""
+    xml_text = libvirt_connection.networkLookupByName(env.network_name).XMLDesc(0)
+    forward = ET.fromstring(xml_text).find("forward")  # noqa: S314 - libvirtd's own output
+    return None if forward is None else forward.get("mode")
 
 
 def segment_nics(libvirt_connection, vm: VirtualMachine) -> list[tuple[str, str]]:
@@ -115,10 +122,14 @@ def test_create_makes_the_segment_and_destroy_removes_it(
     assert libvirt_connection.listAllDomains() == []
 
 
-def test_two_environments_get_distinct_subnets_and_bridges(world, networks, namespaced_libvirtd):
+def test_two_environments_get_distinct_subnets_and_bridges(
+    world, networks, namespaced_libvirtd, libvirt_connection
+):
     host, team, user = world
-    web, api = create_env(team, user, "web", 1), create_env(team, user, "api", 1)
+    web, api = create_env(team, user, "web", 1), create_env(team, user, "api", 1, egress="nat")
     first, second = networks.get(web.network_name), networks.get(api.network_name)
+    assert network_forward(libvirt_connection, web) is None
+    assert network_forward(libvirt_connection, api) == "nat"
     assert first.bridge != second.bridge
     assert not ipaddress.ip_network(web.subnet).overlaps(ipaddress.ip_network(api.subnet))
     assert bridge_address(namespaced_libvirtd, second.bridge) == "10.240.1.1/24"
@@ -161,3 +172,60 @@ def test_the_reconciler_puts_back_a_missing_dns_record(world, networks):
     assert [h.ip for h in network.dhcp_hosts] == [vm.segment_ip]
     assert reconcile_host(host.pk)["segments_repaired"] == 0
     destroy_env(team, user, env)
+
+
+FOREIGN_NETWORK = """<network><name>foreign-net</name><bridge name='foreign0'/>
+<ip address='10.240.0.1' prefix='24'/></network>"""
+
+
+def test_a_subnet_another_network_holds_fails_provisioning_and_leaves_nothing(
+    world, networks, libvirt_connection
+):
+    """Another installation on the same libvirtd with an overlapping pool: libvirt
+    refuses to start the segment, the network this run defined is undefined again."""
+    host, team, user = world
+    foreign = libvirt_connection.networkDefineXML(FOREIGN_NETWORK)
+    try:
+        foreign.create()
+        parent = environments.create_environment(
+            user=user, team=team, name="web", kind="dev", vm_count=1
+        )
+        run_children(parent)
+        child = parent.children.get()
+        assert child.state == "failed"
+        assert child.error.startswith("ensure network:") and "in use" in child.error
+        assert child.steps.get(name="define").state == "pending"
+        assert networks.list() == []
+        assert libvirt_connection.listAllDomains() == []
+    finally:
+        foreign.destroy()
+        foreign.undefine()
+
+
+def test_destroy_converges_when_the_network_is_gone_already(world, networks):
+    host, team, user = world
+    env = create_env(team, user, "web", 1)
+    networks.remove(env.network_name)
+    parent = environments.destroy_environment(user=user, team=team, env_id=env.pk)
+    run_children(parent)
+    child = parent.children.get()
+    assert child.state == "succeeded", child.error
+    assert "is gone already" in child.steps.get(name="remove records").log
+    assert "was gone already" in child.steps.get(name="remove network").log
+    assert not Environment.objects.exists()
+
+
+def test_the_last_vm_of_an_environment_takes_the_network_with_it(world, networks):
+    host, team, user = world
+    env = create_env(team, user, "web", 2)
+    first, second = env.vms.order_by("name")
+    job = engine.create_job(team=team, kind="destroy_vm", environment=env, vm=first)
+    engine.run(job.pk)
+    job.refresh_from_db()
+    assert job.state == "succeeded", job.error
+    assert "kept for 1 other VMs" in job.steps.get(name="remove network").log
+    network = networks.get(env.network_name)
+    assert [h.ip for h in network.dhcp_hosts] == [second.segment_ip]
+    assert network.dns_hosts == (DnsHost(second.segment_ip, (second.name,)),)
+    destroy_env(team, user, env)
+    assert networks.list() == []

@@ -148,6 +148,8 @@ class VirtualMachineSerializer(serializers.ModelSerializer):
             "image",
             "ssh_host",
             "ssh_port",
+            "segment_ip",
+            "mac_address",
             "host_key_public",
             "error",
             "started_at",
@@ -166,7 +168,18 @@ class EnvironmentSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Environment
-        fields = ["id", "url", "name", "kind", "vm_count", "vm_states", "busy_with", "created_at"]
+        fields = [
+            "id",
+            "url",
+            "name",
+            "kind",
+            "subnet",
+            "egress",
+            "vm_count",
+            "vm_states",
+            "busy_with",
+            "created_at",
+        ]
 
     def get_url(self, env) -> str:
         return api_url(self.context["request"], "environment-detail", env.team.name, env.pk)

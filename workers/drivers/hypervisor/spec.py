@@ -108,17 +108,19 @@ class LibvirtNetwork:
     bridge: str | None = None
     mac_address: str | None = None
 
-    def validate(self) -> None:
+    def validate(self, field_name: str = "network") -> None:
         if (self.network is None) == (self.bridge is None):
-            raise InvalidSpec("network", "give exactly one of network or bridge")
+            raise InvalidSpec(field_name, "give exactly one of network or bridge")
         if self.network is not None:
             require_match(
-                "network.network", self.network, LIBVIRT_OBJECT_NAME_PATTERN, "a network name"
+                f"{field_name}.network", self.network, LIBVIRT_OBJECT_NAME_PATTERN, "a network name"
             )
         if self.bridge is not None:
-            require_match("network.bridge", self.bridge, LIBVIRT_OBJECT_NAME_PATTERN, "a bridge")
+            require_match(
+                f"{field_name}.bridge", self.bridge, LIBVIRT_OBJECT_NAME_PATTERN, "a bridge"
+            )
         if self.mac_address is not None:
-            require_mac("network.mac_address", self.mac_address)
+            require_mac(f"{field_name}.mac_address", self.mac_address)
 
 
 def require_cpu_mode(field_name: str, value: object) -> str:
@@ -194,7 +196,7 @@ class DomainSpec:
         if self.segment is not None:
             if not isinstance(self.segment, LibvirtNetwork):
                 raise InvalidSpec("segment", "must be a LibvirtNetwork")
-            self.segment.validate()
+            self.segment.validate("segment")
         if self.kernel_boot is not None:
             if not isinstance(self.kernel_boot, KernelBoot):
                 raise InvalidSpec("kernel_boot", "must be a KernelBoot")
