@@ -130,9 +130,10 @@ def cmd_env_show(client, args):
     vms = client.request("GET", client.team_path("vms/"), params={"environment": args.name})
     print(
         f"{env['name']} ({env['kind']})"
+        + (f", segment {env['subnet']}" if env["subnet"] else "")
         + (f", busy: {env['busy_with']}" if env["busy_with"] else "")
     )
-    print_table(vms["results"], ["name", "state", "host", "flavor", "ssh_port"])
+    print_table(vms["results"], ["name", "state", "host", "flavor", "ssh_port", "segment_ip"])
     return 0
 
 
@@ -143,6 +144,7 @@ def cmd_env_create(client, args):
         "vm_count": args.vms,
         "flavor": args.flavor,
         "image": args.image,
+        "egress": args.egress,
     }
     return job_started(
         client, client.request("POST", client.team_path("environments/"), json=body), args
@@ -270,6 +272,12 @@ def _add_env_commands(groups) -> None:
     create.add_argument("--vms", type=int, default=1)
     create.add_argument("--flavor", default="small")
     create.add_argument("--image", default="debian-12")
+    create.add_argument(
+        "--egress",
+        choices=["isolated", "nat", "route"],
+        default="isolated",
+        help="traffic beyond the environment's segment: none (isolated, the default), nat or route",
+    )
     create.add_argument("--wait", action="store_true", help="watch the job until it ends")
     create.set_defaults(run=cmd_env_create)
     destroy = env.add_parser("destroy")

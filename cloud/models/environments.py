@@ -26,7 +26,7 @@ class EnvironmentKind(models.TextChoices):
 class Egress(models.TextChoices):
     """Traffic beyond the segment: none (isolated), or libvirt's ``nat`` / ``route``."""
 
-    ISOLATED = "", "isolated"
+    ISOLATED = "isolated", "isolated"
     NAT = "nat", "nat"
     ROUTE = "route", "route"
 
@@ -53,7 +53,7 @@ class Environment(models.Model):
     # The libvirt network's UUID; its name and bridge are derived from it, so two
     # Strata installations on one libvirtd never share a network.
     network_uuid = models.UUIDField(null=True, blank=True, unique=True, editable=False)
-    egress = models.CharField(max_length=5, choices=Egress.choices, default="", blank=True)
+    egress = models.CharField(max_length=8, choices=Egress.choices, default=Egress.ISOLATED)
 
     objects = TeamScopedQuerySet.as_manager()
 

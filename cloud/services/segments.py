@@ -30,7 +30,8 @@ def segments_enabled() -> bool:
 
 
 def validate_egress(egress) -> str:
-    """The egress setting as stored ('' isolated, 'nat' or 'route'); 400 naming ``egress``."""
+    """The egress setting: 'isolated' (also when not given), 'nat' or 'route'; else a
+    400 naming ``egress``."""
     if egress is None:
         return Environment.Egress.ISOLATED
     if egress not in Environment.Egress.values:

@@ -47,7 +47,7 @@ def test_environment_gets_a_subnet_and_each_vm_an_address_and_derived_mac(
     create(user, team, name="api", egress="nat")
     web, api = Environment.objects.get(name="web"), Environment.objects.get(name="api")
     assert (web.subnet, api.subnet) == ("10.240.0.0/24", "10.240.1.0/24")
-    assert (web.egress, api.egress) == ("", "nat")
+    assert (web.egress, api.egress) == ("isolated", "nat")
     assert web.network_name == f"strata-{web.network_uuid.hex}" != api.network_name
     vms = list(web.vms.order_by("name"))
     assert [vm.segment_ip for vm in vms] == ["10.240.0.2", "10.240.0.3"]

@@ -156,11 +156,16 @@ def test_a_failed_provisioning_removes_the_network_it_made(world, networks, libv
     assert compensation.state == "done" and "removed" in compensation.log
     assert networks.list() == []
     assert libvirt_connection.listAllDomains() == []
+    # The VM is kept (in error, without a domain); the reconciler makes no network for it.
+    assert reconcile_host(host.pk)["segments_repaired"] == 0
+    assert networks.list() == []
 
 
 def test_the_reconciler_puts_back_a_missing_dns_record(world, networks):
     host, team, user = world
     env = create_env(team, user, "web", 1)
+    # Stopped (not running, which the reconciler would boot): its domain is defined.
+    env.vms.update(state="stopped")
     vm = env.vms.get()
     networks.remove_dns_host(env.network_name, vm.segment_ip)
     networks.remove_dhcp_host(env.network_name, vm.mac_address)

@@ -179,5 +179,5 @@ def network_spec(env: Environment, host: Host) -> NetworkSpec:
         dhcp_range=default_dhcp_range(env.subnet),
         dhcp_hosts=tuple(DhcpHost(vm.mac_address, vm.segment_ip, vm.name) for vm in vms),
         dns_hosts=tuple(DnsHost(vm.segment_ip, (vm.name,)) for vm in vms),
-        egress=env.egress or None,
+        egress=None if env.egress == Environment.Egress.ISOLATED else env.egress,
     )

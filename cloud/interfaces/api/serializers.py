@@ -205,8 +205,8 @@ class EnvironmentCreateSerializer(KnownFieldsOnly):
     vm_count = WholeNumber(default=1, min_value=1, max_value=MAX_VMS_PER_REQUEST)
     flavor = Name(default="small")
     image = Name(default="debian-12")
-    # Traffic beyond the segment: "" (isolated, the default), "nat" or "route".
-    egress = Text(max_length=5, required=False, allow_blank=True)
+    # Traffic beyond the segment: "isolated" (the default), "nat" or "route".
+    egress = Text(max_length=8, required=False)
 
 
 class DestroyQuerySerializer(serializers.Serializer):

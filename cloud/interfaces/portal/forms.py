@@ -61,6 +61,16 @@ class CreateEnvironmentForm(forms.Form):
     )
     flavor = NameChoiceField(Flavor.objects.all())
     image = NameChoiceField(Image.objects.all())
+    egress = forms.ChoiceField(
+        choices=Environment.Egress.choices,
+        initial=Environment.Egress.ISOLATED,
+        required=False,
+        help_text="Traffic beyond the environment's own network: none, NAT or routed.",
+    )
+
+    def clean_egress(self):
+        # Left out (an older page, a script): the service's default, isolated.
+        return self.cleaned_data["egress"] or None
 
 
 class DestroyEnvironmentForm(forms.Form):

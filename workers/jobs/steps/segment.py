@@ -15,6 +15,8 @@ from workers.jobs.adapters import hypervisor, network_spec
 from workers.jobs.engine import StepContext
 
 log = logging.getLogger(__name__)
+# VM states in which the VM's domain is defined on its host.
+DOMAIN_STATES = (VMState.RUNNING, VMState.STOPPING, VMState.STOPPED)
 
 
 def _vm(ctx: StepContext) -> VirtualMachine:
@@ -96,11 +98,15 @@ def undo_segment(ctx: StepContext) -> None:
 def repair_records(hv: Hypervisor, host, busy_vm_ids: set[int]) -> int:
     """The reconciler's repair: every segment on ``host`` gets exactly the DHCP and
     DNS records the database wants (a network found missing is made again).
-    Environments a job is changing are left to it. Returns the networks changed."""
+
+    Only environments with a VM that has a domain here count (a failed
+    provisioning's VM has none, and its network was removed on purpose);
+    environments a job is changing are left to it. Returns the networks changed."""
     live = VirtualMachine.objects.filter(host=host).exclude(state=VMState.DELETED)
     busy_envs = live.filter(pk__in=busy_vm_ids).values("environment")
+    with_domains = live.filter(state__in=DOMAIN_STATES).exclude(segment_ip=None)
     envs = (
-        Environment.objects.filter(pk__in=live.exclude(segment_ip=None).values("environment"))
+        Environment.objects.filter(pk__in=with_domains.values("environment"))
         .exclude(pk__in=busy_envs)
         .select_related("team")
     )
