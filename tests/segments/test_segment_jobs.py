@@ -234,3 +234,18 @@ def test_the_last_vm_of_an_environment_takes_the_network_with_it(world, networks
     assert network.dns_hosts == (DnsHost(second.segment_ip, (second.name,)),)
     destroy_env(team, user, env)
     assert networks.list() == []
+
+
+def test_the_reconciler_leaves_a_segment_a_job_is_changing_alone(world, networks):
+    host, team, user = world
+    env = create_env(team, user, "web", 1)
+    env.vms.update(state="stopped")
+    vm = env.vms.get()
+    networks.remove_dns_host(env.network_name, vm.segment_ip)
+    holder = engine.create_job(team=team, kind="vm_start", environment=env, vm=vm)
+    Environment.objects.filter(pk=env.pk).update(lock_job=holder)
+    assert reconcile_host(host.pk)["segments_repaired"] == 0
+    assert networks.get(env.network_name).dns_hosts == ()
+    engine.finish(holder, "cancelled", "test over")
+    assert reconcile_host(host.pk)["segments_repaired"] == 1
+    destroy_env(team, user, env)
