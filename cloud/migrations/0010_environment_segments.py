@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('cloud', '0007_host_virtualisation'),
+        ('cloud', '0009_registry_images'),
         ('tenants', '0003_exact_names'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
