@@ -23,6 +23,17 @@ from cloud.models import (
 )
 
 
+class RecordAdmin(admin.ModelAdmin):
+    """What happened or what another system reported: shown, never added or
+    edited by hand, or the record would lie."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Host)
 class HostAdmin(admin.ModelAdmin):
     list_display = [
@@ -223,7 +234,7 @@ class OrphanAdmin(admin.ModelAdmin):
 
 
 @admin.register(VMSample)
-class VMSampleAdmin(admin.ModelAdmin):
+class VMSampleAdmin(RecordAdmin):
     """CPU and memory readings the reconciler records; kept 24 hours, never edited."""
 
     list_display = ["vm", "at", "cpu_percent", "memory_mib"]
@@ -231,15 +242,9 @@ class VMSampleAdmin(admin.ModelAdmin):
     search_fields = ["vm__name", "vm__environment__name"]
     date_hierarchy = "at"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(ConsoleTicket)
-class ConsoleTicketAdmin(admin.ModelAdmin):
+class ConsoleTicketAdmin(RecordAdmin):
     """Console sessions as evidence: who opened which VM's console, when, how it
     ended. Tickets are issued by the portal (only a key's digest is kept), never
     by hand, and not edited."""
@@ -248,12 +253,6 @@ class ConsoleTicketAdmin(admin.ModelAdmin):
     list_filter = ["can_type", "vm__environment__team"]
     search_fields = ["vm__name", "user__username", "end_reason"]
     date_hierarchy = "created_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class RegistryTagInline(admin.TabularInline):
@@ -265,7 +264,7 @@ class RegistryTagInline(admin.TabularInline):
 
 
 @admin.register(RegistryImage)
-class RegistryImageAdmin(admin.ModelAdmin):
+class RegistryImageAdmin(RecordAdmin):
     """Team images as the registry reported them; the registry holds the bytes, so
     an edit here would only make the record lie."""
 
@@ -274,20 +273,8 @@ class RegistryImageAdmin(admin.ModelAdmin):
     search_fields = ["repository", "digest"]
     inlines = [RegistryTagInline]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(RegistryTag)
-class RegistryTagAdmin(admin.ModelAdmin):
+class RegistryTagAdmin(RecordAdmin):
     list_display = ["repository", "tag", "image"]
     search_fields = ["repository", "tag"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
