@@ -33,6 +33,7 @@ from rest_framework.test import APIClient
 
 from cloud.interfaces.portal import forms as portal_forms
 from cloud.models import (
+    ConsoleTicket,
     Deployment,
     Flavor,
     Job,
@@ -459,6 +460,7 @@ class PortalCase:
     stored: dict = None  # field -> reader of the stored value, for free text
     anonymous: bool = False
     success: int = 302  # the status of a write that worked
+    headers: dict = None  # what a browser sends with it (the console ticket's Origin)
 
 
 def env_kwargs(scene, **more):
@@ -556,6 +558,15 @@ PORTAL_CASES = [
         anonymous=True,
     ),
     PortalCase("portal:logout", lambda s: {}, None, {}),
+    # Its only input is the Origin header: test_console_ticket_refuses_hostile_origins.
+    PortalCase(
+        "portal:vm-console-ticket",
+        lambda s: {"team": s["team"].name, "vm_id": s["vm"].pk},
+        None,
+        {},
+        headers={"Origin": "http://testserver"},
+        success=200,
+    ),
 ]
 
 
@@ -679,7 +690,7 @@ def run_portal_case(scene, case, client) -> list[str]:
     if not case.anonymous:
         client.force_login(scene["admin"])
     sid = transaction.savepoint()
-    ok = client.post(url, case.baseline)
+    ok = client.post(url, case.baseline, headers=case.headers)
     transaction.savepoint_rollback(sid)
     assert ok.status_code == case.success, (case.route, case.baseline, ok.content[:500])
     clean = fingerprint()
@@ -708,3 +719,22 @@ def test_portal_form_refuses_the_corpus_in_every_field(hostile_world, case, clie
     400 with the error next to the field, nothing changed, nothing enqueued."""
     problems = run_portal_case(hostile_world, case, client)
     assert not problems, f"{len(problems)} answers were wrong:\n" + "\n".join(problems[:40])
+
+
+def test_console_ticket_refuses_hostile_origins(hostile_world, client):
+    """The console ticket's one input is the page's Origin header: anything that
+    is not a page's origin is a 400 naming it, and no ticket is issued."""
+    client.force_login(hostile_world["admin"])
+    url = reverse(
+        "portal:vm-console-ticket",
+        kwargs={"team": hostile_world["team"].name, "vm_id": hostile_world["vm"].pk},
+    )
+    problems = []
+    for value in PORTAL_STRINGS:
+        if value.strip().startswith(("http://", "https://")):
+            continue  # shaped like an origin: the ticket is bound to it, and only it
+        response = client.post(url, headers={"Origin": value})
+        if response.status_code != 400 or "origin" not in response.json()["errors"]:
+            problems.append(f"Origin {value!r:.60}: {response.status_code}")
+    assert not problems, "\n".join(problems)
+    assert not ConsoleTicket.objects.exists()
