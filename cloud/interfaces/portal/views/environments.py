@@ -16,6 +16,7 @@ from cloud.interfaces.portal.forms import (
 )
 from cloud.models import Flavor, Image, Service
 from cloud.selectors import queries
+from cloud.selectors.segment_map import segment_map
 from cloud.services import deployments
 from cloud.services.access import require_act
 from cloud.services.environments import (
@@ -69,6 +70,7 @@ def render_environment(request, team, env, *, bound=None, deploy_form=None, stat
         {
             "environment": env,
             "vms": queries.environment_vms(team, env),
+            "segment_map": segment_map(team, env),
             "services": services,
             "promote_targets": promote_targets,
             "holding_job": queries.holding_job(env),
