@@ -171,6 +171,7 @@ class OrphanKind(models.TextChoices):
     DOMAIN = "domain"
     VOLUME = "volume"
     CONTAINER = "container"
+    NETWORK = "network"
 
 
 class Orphan(models.Model):

@@ -144,10 +144,31 @@ def virt_xml_validate(tmp_path, xml_text: str, schema: str) -> None:
 
 
 @pytest.mark.parametrize("egress", [None, "nat", "route"])
-def test_network_xml_passes_libvirts_schema(tmp_path, egress):
-    virt_xml_validate(
-        tmp_path, NetworkConfig(make_network(egress=egress, mtu=1450)).to_xml(), "network"
+@pytest.mark.parametrize("installation_id", [None, "ab12cd34"])
+def test_network_xml_passes_libvirts_schema(tmp_path, egress, installation_id):
+    config = NetworkConfig(make_network(egress=egress, mtu=1450), installation_id)
+    virt_xml_validate(tmp_path, config.to_xml(), "network")
+
+
+def test_a_network_carries_the_installation_that_made_it(driver):
+    marked = NetworkDriver(driver._host, "ab12cd34")
+    assert marked.ensure(make_network()).installation_id == "ab12cd34"
+    assert (
+        driver.ensure(
+            make_network(
+                environment_id="8",
+                uuid=str(uuid.UUID(int=8)),
+                subnet="10.77.2.0/24",
+                dhcp_range=default_dhcp_range("10.77.2.0/24"),
+                dhcp_hosts=(),
+                dns_hosts=(),
+            )
+        ).installation_id
+        is None
     )
+    with pytest.raises(InvalidSpec) as refused:
+        NetworkConfig(make_network(), "bad id; <x/>")
+    assert refused.value.field == "installation_id"
 
 
 def test_interface_element_fits_a_domain(tmp_path):

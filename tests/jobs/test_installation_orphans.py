@@ -11,11 +11,12 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from cloud.models import Orphan
-from tenants.models import AuditEvent
+from cloud.models import Environment, Orphan, VirtualMachine, VMState
+from tenants.models import AuditEvent, Team
 from tests.foundation.factories import catalogue
 from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
 from workers.drivers.hypervisor import Guests, Hypervisor, HypervisorError, NotFound
+from workers.drivers.hypervisor.spec import NetworkSpec, default_dhcp_range
 from workers.jobs.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.django_db, pytest.mark.libvirt]
@@ -145,3 +146,61 @@ def test_an_orphan_that_cannot_be_removed_is_not_audited(drivers, settings, capl
         real_destroy(drivers["alpha"].guests, stuck, stuck.removeprefix("strata-"))
     with pytest.raises(NotFound):
         drivers["alpha"].guests.state(stuck.removeprefix("strata-"))
+
+
+def network_of(environment_id: str, subnet: str) -> NetworkSpec:
+    return NetworkSpec(
+        environment_id=environment_id,
+        uuid=str(uuid.uuid4()),
+        environment_name="dev",
+        team_name="acme",
+        subnet=subnet,
+        dhcp_range=default_dhcp_range(subnet),
+    )
+
+
+def test_each_installation_sweeps_only_its_own_unwanted_networks(drivers, settings):
+    """A network this installation made for an environment with no live VM on the host
+    is an orphan; one a live (or still provisioning) VM's environment wants, another
+    installation's and an unmarked one are not."""
+    settings.STRATA_INSTALLATION_ID = "alpha"
+    host = catalogue()[0]
+    team = Team.objects.create(name="acme")
+    wanted = Environment.objects.create(
+        team=team, name="dev", kind="dev", subnet="10.241.1.0/24", network_uuid=uuid.uuid4()
+    )
+    VirtualMachine.objects.create(
+        environment=wanted,
+        name="vm1",
+        host=host,
+        flavor=catalogue()[1],
+        image=catalogue()[2],
+        state=VMState.SCHEDULED,
+        segment_ip="10.241.1.2",
+    )
+    networks = {
+        "orphan": (drivers["alpha"], network_of(uuid.uuid4().hex, "10.241.2.0/24")),
+        "wanted": (drivers["alpha"], network_of(wanted.network_uuid.hex, "10.241.1.0/24")),
+        "beta": (drivers["beta"], network_of(uuid.uuid4().hex, "10.241.3.0/24")),
+        "unmarked": (drivers[None], network_of(uuid.uuid4().hex, "10.241.4.0/24")),
+    }
+    for hv, spec in networks.values():
+        hv.networks.ensure(spec)
+    names = {key: spec.name for key, (_, spec) in networks.items()}
+    try:
+        marks = {n.name: n.installation_id for n in drivers[None].networks.list()}
+        assert marks[names["orphan"]] == "alpha" and marks[names["unmarked"]] is None
+        assert sweep(host.pk) == {"seen": 1, "removed": 1}
+        left = {network.name for network in drivers[None].networks.list()}
+        assert names["orphan"] not in left
+        assert {names["wanted"], names["beta"], names["unmarked"]} <= left
+        audited = AuditEvent.objects.get(action="orphan.removed")
+        assert audited.details == {"kind": "network", "name": names["orphan"]}
+        # Once its last VM is gone, the wanted network is an orphan too.
+        VirtualMachine.objects.filter(environment=wanted).update(state=VMState.DELETED)
+        assert sweep(host.pk) == {"seen": 1, "removed": 1}
+        assert names["wanted"] not in {n.name for n in drivers[None].networks.list()}
+    finally:
+        for network in drivers[None].networks.list():
+            if network.name in names.values():
+                drivers[None].networks.remove(network.name)

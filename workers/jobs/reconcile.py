@@ -4,8 +4,9 @@
 - A VM that should run but whose domain is shut off is started again.
 - A VM that an unfinished job acts on (it targets the VM or holds its
   environment) is left alone: the job is changing it and records the outcome.
-- A domain or volume with Strata's marks and no live record is an orphan:
-  noted when first seen, removed after the grace period, audited.
+- A domain, volume or environment network with this installation's marks
+  and no live record is an orphan: noted when first seen, removed after the
+  grace period, audited.
 - A container recorded for a running VM but gone from its engine is marked
   missing; one the engine runs with Strata's labels but no record is an
   orphan (removed after the grace period, like domains and volumes).
@@ -42,6 +43,7 @@ from cloud.models.states import JOB_MACHINE
 from tenants.models import AuditEvent
 from workers.drivers.guest import RemoteError, list_containers, remove_container
 from workers.drivers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeKind
+from workers.drivers.hypervisor.spec import NETWORK_NAME_PREFIX
 from workers.jobs.adapters import connect, host_hypervisor
 from workers.jobs.host_support import record_virt_support
 from workers.jobs.queue import enqueue
@@ -82,6 +84,7 @@ def reconcile_host(host_id: int) -> dict[str, int]:
                 counts[_reconcile_vm(hv, vm, domains.get(uuid))] += 1
 
         found = _own_orphans(hv, domains, volumes, vms)
+        found.update(_own_orphan_networks(hv, host))
         running = [vm for vm in vms.values() if vm.state == VMState.RUNNING and vm.ssh_port]
         counts["containers_missing"] = 0
         for vm in running:
@@ -276,6 +279,26 @@ def _own_orphans(hv: Hypervisor, domains: dict, volumes: list, vms: dict) -> dic
     return found
 
 
+def _own_orphan_networks(hv: Hypervisor, host: Host) -> dict:
+    """This installation's networks that no environment with a VM on this host
+    (being provisioned included) still wants."""
+    wanted = {
+        uuid.hex
+        for uuid in VirtualMachine.objects.filter(host=host)
+        .exclude(state=VMState.DELETED)
+        .exclude(segment_ip=None)
+        .values_list("environment__network_uuid", flat=True)
+        if uuid is not None
+    }
+    return {
+        (Orphan.Kind.NETWORK, network.name): None
+        for network in hv.networks.list()
+        if network.installation_id == hv.installation_id
+        and network.installation_id is not None
+        and network.name.removeprefix(NETWORK_NAME_PREFIX) not in wanted
+    }
+
+
 def _sweep_orphans(host: Host, hv: Hypervisor, found: dict) -> int:
     """Note new orphans and remove those past the grace period; returns how many
     were removed. Only what really went is audited; what could not go is logged
@@ -317,6 +340,9 @@ def _remove_orphan(hv: Hypervisor, kind: str, name: str, owner) -> bool:
 
     ``owner`` is a VM uuid for domains and volumes, (vm, engine id) for containers.
     """
+    if kind == Orphan.Kind.NETWORK:
+        hv.networks.remove(name)
+        return True
     if kind == Orphan.Kind.CONTAINER:
         vm, container_id = owner
         remove_container(connect(vm).docker(), container_id)

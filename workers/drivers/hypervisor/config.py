@@ -34,6 +34,7 @@ STRATA_NAMESPACE = "https://strata.dev/xmlns/libvirt/domain/1.0"
 STRATA_PREFIX = "strata"
 # libvirt keys metadata by namespace URI and stores it under this prefix.
 STRATA_METADATA_ROOT = "instance"
+NETWORK_MARK_ROOT = "network"
 
 ET.register_namespace("qemu", QEMU_NAMESPACE)
 ET.register_namespace(STRATA_PREFIX, STRATA_NAMESPACE)
@@ -370,19 +371,26 @@ def record_xml(record: DhcpHost | DnsHost) -> str:
 
 @dataclass(frozen=True)
 class NetworkConfig(LibvirtConfig):
-    """The libvirt ``<network>`` of an environment; making one raises InvalidSpec
-    for any refused value."""
+    """The libvirt ``<network>`` of an environment, marked with the installation
+    that made it (only that one may sweep it); making one raises InvalidSpec for
+    any refused value."""
 
     spec: NetworkSpec
+    installation_id: str | None = None
 
     def __post_init__(self) -> None:
         self.spec.validate()
+        if self.installation_id is not None:
+            require_match("installation_id", self.installation_id, STRATA_ID_PATTERN, "a Strata id")
 
     def element(self) -> ET.Element:
         spec = self.spec
         network = ET.Element("network")
         _sub(network, "name", spec.name)
         _sub(network, "uuid", require_uuid("uuid", spec.uuid))
+        if self.installation_id is not None:
+            mark = _sub(_sub(network, "metadata"), f"{{{STRATA_NAMESPACE}}}{NETWORK_MARK_ROOT}")
+            _sub(mark, f"{{{STRATA_NAMESPACE}}}installation-id", self.installation_id)
         if spec.egress is not None:
             _sub(network, "forward", mode=spec.egress)
         _sub(network, "bridge", name=spec.bridge, stp="on", delay="0")
@@ -420,6 +428,13 @@ class NetworkInterface(LibvirtConfig):
     def element(self) -> ET.Element:
         self.validate()
         return interface_element(LibvirtNetwork(network=self.network, mac_address=self.mac_address))
+
+
+def network_installation_id(network_xml: str) -> str | None:
+    """The installation that marked the network; None for an unmarked one."""
+    return parse_libvirt_xml(network_xml).findtext(
+        f"metadata/{{{STRATA_NAMESPACE}}}{NETWORK_MARK_ROOT}/{{{STRATA_NAMESPACE}}}installation-id"
+    )
 
 
 def parse_dhcp_hosts(network_xml: str) -> tuple[DhcpHost, ...]:

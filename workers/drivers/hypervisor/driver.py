@@ -22,7 +22,7 @@ class Hypervisor:
     ``storage`` (pools and volumes under ``data_dir``), ``guests`` (domains),
     ``snapshots`` and ``networks``, all on one connection.
 
-    ``installation_id`` marks the domains and VM volumes this driver makes, so
+    ``installation_id`` marks the domains, VM volumes and networks this driver makes, so
     that another Strata on the same libvirtd can tell them from its own.
     """
 
@@ -47,7 +47,7 @@ class Hypervisor:
             raise
         self.guests = Guests(self.host, self.storage, installation_id)
         self.snapshots = Snapshots(self.host)
-        self.networks = NetworkDriver(self.host)
+        self.networks = NetworkDriver(self.host, installation_id)
 
     def close(self) -> None:
         self.host.close()

@@ -20,6 +20,7 @@ import libvirt
 from .config import (
     NetworkConfig,
     network_bridge,
+    network_installation_id,
     network_structure,
     network_subnet,
     parse_dhcp_hosts,
@@ -44,6 +45,8 @@ class StrataNetwork:
     uuid: str
     bridge: str
     active: bool
+    # The installation that made it; None for a network made before the mark.
+    installation_id: str | None = None
     dhcp_hosts: tuple[DhcpHost, ...] = ()
     dns_hosts: tuple[DnsHost, ...] = ()
 
@@ -55,16 +58,19 @@ def _describe(network: libvirt.virNetwork) -> StrataNetwork:
         uuid=network.UUIDString(),
         bridge=network_bridge(xml_text),
         active=bool(network.isActive()),
+        installation_id=network_installation_id(xml_text),
         dhcp_hosts=parse_dhcp_hosts(xml_text),
         dns_hosts=parse_dns_hosts(xml_text),
     )
 
 
 class NetworkDriver:
-    """Strata's libvirt networks on one host connection; every method converges."""
+    """Strata's libvirt networks on one host connection; every method converges.
+    The networks it defines carry ``installation_id``."""
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, installation_id: str | None = None) -> None:
         self._host = host
+        self._installation_id = installation_id
 
     def _lookup(self, name: str) -> libvirt.virNetwork | None:
         try:
@@ -89,7 +95,7 @@ class NetworkDriver:
         change (UUID, subnet, bridge, egress, domain, range) is refused with
         InvalidState, never silently redefined under running VMs.
         """
-        xml_text = NetworkConfig(spec).to_xml()
+        xml_text = NetworkConfig(spec, self._installation_id).to_xml()
         with libvirt_errors():
             network = self._lookup(spec.name)
             defined_here = network is None
