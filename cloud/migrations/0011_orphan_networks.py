@@ -4,23 +4,33 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('cloud', '0010_environment_segments'),
+        ("cloud", "0010_environment_segments"),
     ]
 
     operations = [
         migrations.RemoveConstraint(
-            model_name='orphan',
-            name='orphan_kind_valid',
+            model_name="orphan",
+            name="orphan_kind_valid",
         ),
         migrations.AlterField(
-            model_name='orphan',
-            name='kind',
-            field=models.CharField(choices=[('domain', 'Domain'), ('volume', 'Volume'), ('container', 'Container'), ('network', 'Network')], max_length=10),
+            model_name="orphan",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("domain", "Domain"),
+                    ("volume", "Volume"),
+                    ("container", "Container"),
+                    ("network", "Network"),
+                ],
+                max_length=10,
+            ),
         ),
         migrations.AddConstraint(
-            model_name='orphan',
-            constraint=models.CheckConstraint(condition=models.Q(('kind__in', ['domain', 'volume', 'container', 'network'])), name='orphan_kind_valid'),
+            model_name="orphan",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("kind__in", ["domain", "volume", "container", "network"])),
+                name="orphan_kind_valid",
+            ),
         ),
     ]
