@@ -9,7 +9,7 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from cloud.models import Container, Environment, Job, VirtualMachine
+from cloud.models import Container, Environment, Job, Release, VirtualMachine
 from tenants.models import ApiToken, Membership
 from tests.foundation.factories import team_world
 
@@ -52,13 +52,20 @@ def world(make_team):
         "vm": VirtualMachine.objects.get(environment=env),
         "job": Job.objects.get(environment=env),
         "container": Container.objects.get(),
+        "release": Release.objects.get(),
         "token": ApiToken.issue(admin, "walk")[0],
     }
 
 
 def fill(name, regex, world, team):
     """The URL of route ``name`` for team ``team`` and the world's objects."""
-    by_route = {"environment": "env", "vm": "vm", "job": "job", "container": "container"}
+    by_route = {
+        "environment": "env",
+        "vm": "vm",
+        "job": "job",
+        "container": "container",
+        "release": "release",
+    }
     values = {
         "team": team.name,
         "env_id": world["env"].pk,

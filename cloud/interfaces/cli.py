@@ -7,6 +7,7 @@ Exit status: 0 on success, 1 when a watched job failed or was cancelled,
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -109,6 +110,16 @@ def print_table(rows: list[dict], columns: list[str], out=sys.stdout) -> None:
         out.write("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip() + "\n")
 
 
+def emit(args, rows: list[dict], columns: list[str], out=sys.stdout) -> int:
+    """A table for people, or with --json the API's rows for scripts."""
+    if getattr(args, "json", False):
+        json.dump(rows, out, indent=2, default=str)
+        out.write("\n")
+    else:
+        print_table(rows, columns, out)
+    return 0
+
+
 def job_started(client: Client, job: dict, args) -> int:
     print(f"job {job['id']} {job['state']}: {job['url']}")
     return watch(client, job["url"], args.interval) if args.wait else 0
@@ -117,24 +128,89 @@ def job_started(client: Client, job: dict, args) -> int:
 def cmd_env_list(client, args):
     envs = client.request(
         "GET", client.team_path("environments/"), params={"kind": args.kind} if args.kind else {}
-    )
-    for env in envs["results"]:
+    )["results"]
+    for env in envs:
         env["states"] = ",".join(f"{k}:{v}" for k, v in env["vm_states"].items())
         env["busy"] = "yes" if env["busy_with"] else ""
-    print_table(envs["results"], ["name", "kind", "vm_count", "states", "busy"])
-    return 0
+    return emit(args, envs, ["name", "kind", "vm_count", "states", "busy"])
+
+
+def service_rows(services: list[dict]) -> list[dict]:
+    """One row per service: its current release, replicas running and healthy
+    out of those wanted, and where its published ports answer."""
+    rows = []
+    for service in services:
+        release = service["current_release"] or {}
+        running = [c for c in service["containers"] if c["state"] == "running"]
+        healthy = [c for c in running if c["health"] in ("healthy", "none")]
+        rows.append(
+            {
+                "service": service["name"],
+                "release": f"v{release['version']}" if release else "-",
+                "digest": (release.get("digest") or "-")[:19],
+                "replicas": f"{len(healthy)}/{len(running)}/{service['replicas']}",
+                "health": ",".join(sorted({c["health"] for c in running})) or "-",
+                "published": " ".join(service["published"]) or "-",
+                "image": service["image"],
+            }
+        )
+    return rows
+
+
+SERVICE_COLUMNS = ["service", "release", "digest", "replicas", "health", "published", "image"]
 
 
 def cmd_env_show(client, args):
     env = client.find_environment(args.name)
     vms = client.request("GET", client.team_path("vms/"), params={"environment": args.name})
+    services = client.request("GET", f"{env['url']}services/")
+    if args.json:
+        return emit(args, [{**env, "vms": vms["results"], "services": services}], [])
     print(
         f"{env['name']} ({env['kind']})"
         + (f", segment {env['subnet']}" if env["subnet"] else "")
         + (f", busy: {env['busy_with']}" if env["busy_with"] else "")
     )
     print_table(vms["results"], ["name", "state", "host", "flavor", "ssh_port", "segment_ip"])
+    print()
+    if services:
+        print("replicas: healthy/running/wanted")
+        print_table(service_rows(services), SERVICE_COLUMNS)
+    else:
+        print("no services: `strata deploy` one")
     return 0
+
+
+def cmd_services(client, args):
+    env = client.find_environment(args.env)
+    services = client.request("GET", f"{env['url']}services/")
+    if args.json:
+        return emit(args, services, [])
+    return emit(args, service_rows(services), SERVICE_COLUMNS)
+
+
+def cmd_releases(client, args):
+    client.find_environment(args.env)  # an unknown name is an error, not an empty list
+    params = {"environment": args.env, **({"service": args.service} if args.service else {})}
+    releases = client.request("GET", client.team_path("releases/"), params=params)["results"]
+    for release in releases:
+        release["now"] = "*" if release["current"] else ""
+        release["digest_short"] = release["digest"][:19]
+        release["from"] = release["promoted_from"] or ""
+    columns = ["now", "service", "version", "image", "digest_short", "from", "created_by"]
+    return emit(args, releases, columns + ["created_at"])
+
+
+def cmd_images(client, args):
+    if args.vm:
+        images = client.request("GET", "images/")["results"]
+        return emit(args, images, ["name", "os", "format", "virtual_size_bytes", "source"])
+    images = client.request("GET", client.team_path("images/"))["results"]
+    for image in images:
+        image["tag_list"] = ",".join(image["tags"]) or "-"
+        image["digest_short"] = image["digest"][:19]
+    columns = ["repository", "tag_list", "digest_short", "size", "pushed_by", "pushed_at"]
+    return emit(args, images, columns)
 
 
 def cmd_env_create(client, args):
@@ -221,8 +297,7 @@ def cmd_secret_list(client, args):
     listed = client.request("GET", client.team_path("secrets/"), params=secret_scope(args))
     for secret in listed["results"]:
         secret["environment"] = secret["environment"] or ""
-    print_table(listed["results"], ["name", "scope", "environment", "created_at"])
-    return 0
+    return emit(args, listed["results"], ["name", "scope", "environment", "created_at"])
 
 
 def cmd_secret_rm(client, args):
@@ -236,8 +311,7 @@ def cmd_jobs_list(client, args):
     jobs = client.request("GET", client.team_path("jobs/"), params=params)["results"]
     for job in jobs:
         job["env"] = job["environment"] or ""
-    print_table(jobs, ["id", "kind", "env", "state", "progress", "created_at"])
-    return 0
+    return emit(args, jobs, ["id", "kind", "env", "state", "progress", "created_at"])
 
 
 def cmd_jobs_watch(client, args):
@@ -250,10 +324,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--interval", type=float, default=1.0, help="seconds between job polls")
     groups = p.add_subparsers(dest="group", required=True)
     _add_env_commands(groups)
+    _add_listing_commands(groups)
     _add_release_commands(groups)
     _add_secret_commands(groups)
     _add_job_commands(groups)
+    for command in LIST_COMMANDS:
+        command.add_argument("--json", action="store_true", help="the API's rows, as JSON")
     return p
+
+
+# Every command that lists something, given --json by ``parser``.
+LIST_COMMANDS: list[argparse.ArgumentParser] = []
 
 
 def _add_env_commands(groups) -> None:
@@ -263,9 +344,10 @@ def _add_env_commands(groups) -> None:
     listing = env.add_parser("list")
     listing.add_argument("--kind", choices=["dev", "staging", "prod"])
     listing.set_defaults(run=cmd_env_list)
-    show = env.add_parser("show")
+    show = env.add_parser("show", help="VMs, services, releases and where they answer")
     show.add_argument("name")
     show.set_defaults(run=cmd_env_show)
+    LIST_COMMANDS.extend([listing, show])
     create = env.add_parser("create")
     create.add_argument("name")
     create.add_argument("--kind", required=True, choices=["dev", "staging", "prod"])
@@ -287,6 +369,20 @@ def _add_env_commands(groups) -> None:
     destroy.set_defaults(run=cmd_env_destroy)
 
 
+def _add_listing_commands(groups) -> None:
+    services = groups.add_parser("services", help="an environment's services and their health")
+    services.add_argument("env")
+    services.set_defaults(run=cmd_services)
+    releases = groups.add_parser("releases", help="an environment's releases, newest first")
+    releases.add_argument("env")
+    releases.add_argument("service", nargs="?")
+    releases.set_defaults(run=cmd_releases)
+    images = groups.add_parser("images", help="the team's container images")
+    images.add_argument("--vm", action="store_true", help="the VM base images instead")
+    images.set_defaults(run=cmd_images)
+    LIST_COMMANDS.extend([services, releases, images])
+
+
 def _add_release_commands(groups) -> None:
     deploy = groups.add_parser("deploy", help="deploy a release of a service")
     deploy.add_argument("env")
@@ -295,9 +391,7 @@ def _add_release_commands(groups) -> None:
     deploy.add_argument("--replicas", type=int, help="default: as now (1 for a new service)")
     deploy.add_argument("--port", type=int, action="append", help="publish a port")
     deploy.add_argument("--env", dest="env_var", action="append", metavar="NAME=VALUE")
-    deploy.add_argument(
-        "--volume", action="append", metavar="NAME:/PATH", help="a named volume"
-    )
+    deploy.add_argument("--volume", action="append", metavar="NAME:/PATH", help="a named volume")
     deploy.add_argument(
         "--secret-env",
         action="append",
@@ -336,6 +430,7 @@ def _add_secret_commands(groups) -> None:
         command.add_argument("name")
         command.set_defaults(run=run)
     secret_list.set_defaults(run=cmd_secret_list)
+    LIST_COMMANDS.append(secret_list)
     for command in (secret_set, secret_list, secret_rm):
         where = command.add_mutually_exclusive_group(required=command is not secret_list)
         where.add_argument(
@@ -351,6 +446,7 @@ def _add_job_commands(groups) -> None:
         "--state", choices=["queued", "running", "succeeded", "failed", "cancelled"]
     )
     jobs_list.set_defaults(run=cmd_jobs_list)
+    LIST_COMMANDS.append(jobs_list)
     jobs_watch = jobs.add_parser("watch")
     jobs_watch.add_argument("job")
     jobs_watch.set_defaults(run=cmd_jobs_watch)

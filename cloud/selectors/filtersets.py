@@ -10,6 +10,7 @@ from cloud.models import (
     EnvironmentKind,
     Job,
     JobState,
+    Release,
     Secret,
     VirtualMachine,
     VMState,
@@ -29,7 +30,7 @@ class VirtualMachineFilterSet(django_filters.FilterSet):
 
     class Meta:
         model = VirtualMachine
-        fields = ["state", "environment"]
+        fields = ["state", "environment", "name"]
 
 
 class JobScopeSelect(forms.NullBooleanSelect):
@@ -79,6 +80,15 @@ class AuditEventFilterSet(django_filters.FilterSet):
     class Meta:
         model = AuditEvent
         fields = ["action", "since"]
+
+
+class ReleaseFilterSet(django_filters.FilterSet):
+    environment = django_filters.CharFilter(field_name="service__environment__name")
+    service = django_filters.CharFilter(field_name="service__name")
+
+    class Meta:
+        model = Release
+        fields = ["environment", "service"]
 
 
 class SecretFilterSet(django_filters.FilterSet):

@@ -197,6 +197,20 @@ def service_releases(team, env: Environment) -> list[ServiceRelease]:
     return rows
 
 
+def current_release_ids(team) -> set[int]:
+    """The release each of the team's services runs: its last successful deployment's."""
+    current: dict[int, int] = {}
+    succeeded = (
+        Deployment.objects.for_team(team)
+        .filter(state=DeploymentState.SUCCEEDED)
+        .order_by("created_at")
+        .values_list("release__service_id", "release_id")
+    )
+    for service_id, release_id in succeeded:
+        current[service_id] = release_id  # later deployments win
+    return set(current.values())
+
+
 def promotion_targets(team, env: Environment) -> list[str]:
     """Names of the team's environments of the kind after ``env``'s (none after prod)."""
     next_kind = NEXT_KIND.get(env.kind)

@@ -4,8 +4,4 @@ from cloud.models import RegistryImage
 
 
 def team_images(team):
-    return (
-        RegistryImage.objects.for_team(team)
-        .select_related("pushed_by")
-        .prefetch_related("tags")
-    )
+    return RegistryImage.objects.for_team(team).select_related("pushed_by").prefetch_related("tags")

@@ -1,13 +1,15 @@
 """The ``strata`` command against a live server."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from cloud.models import Job
+from cloud.models import Container, Deployment, Job, Release, Service
 from tenants.models import ApiToken
+from tests.foundation.factories import team_world
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -142,3 +144,67 @@ def test_secrets_from_stdin(live_server, make_team, catalogue):
     assert run("secret", "rm", "db-password", "--scope", "dev").returncode == 0
     assert run("secret", "rm", "db-password", "--scope", "dev").returncode == 2
     assert Secret.objects.get(team=team, name="db-password").scope == "prod"
+
+
+def test_env_show_services_releases_and_images_for_people_and_scripts(
+    live_server, make_team, catalogue
+):
+    """What a team that deployed from the CLI needs to find: the release, its
+    digest, replicas and health, and where the service answers; --json for scripts."""
+    team, user = make_team("alpha")
+    team_world(team, port=20022)
+    release = Release.objects.get()
+    Deployment.objects.update(state="succeeded")
+    Container.objects.update(state="running", health="healthy")
+    Service.objects.update(ports=[22], replicas=2)
+    Release.objects.create(
+        service=release.service,
+        version=2,
+        image_digest="sha256:" + "b" * 64,
+        spec={"image": "web:2"},
+    )
+    _, key = ApiToken.issue(user, "cli")
+    env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
+
+    def strata(*args):
+        done = subprocess.run(
+            [sys.executable, "-m", "cloud.interfaces.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = strata("env", "show", "dev")
+    assert "vm1" in shown
+    row = next(line for line in shown.splitlines() if line.startswith("web "))
+    assert row.split()[:4] == ["web", "v1", "sha256:aaaaaaaaaaaa", "1/1/2"]
+    assert "healthy" in row and "127.0.0.1:20022 -> vm1:22" in row
+
+    services = json.loads(strata("services", "dev", "--json"))
+    assert services[0]["current_release"]["digest"] == "sha256:" + "a" * 64
+    assert services[0]["containers"][0]["health"] == "healthy"
+
+    releases = strata("releases", "dev", "web").splitlines()
+    assert releases[0].split()[:3] == ["NOW", "SERVICE", "VERSION"]
+    assert releases[1].split()[:3] == ["web", "2", "web:2"]  # newest first, not current
+    assert releases[2].split()[:3] == ["*", "web", "1"]
+    listed = json.loads(strata("releases", "dev", "--json"))
+    assert [(r["version"], r["current"]) for r in listed] == [(2, False), (1, True)]
+
+    images = json.loads(strata("images", "--json"))
+    assert images[0]["repository"] == "alpha/web" and images[0]["tags"] == ["1"]
+    assert "debian-12" in strata("images", "--vm")
+    assert json.loads(strata("env", "list", "--json"))[0]["name"] == "dev"
+    assert json.loads(strata("jobs", "list", "--json"))[0]["kind"] == "provision"
+
+    unknown = subprocess.run(
+        [sys.executable, "-m", "cloud.interfaces.cli", "releases", "nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unknown.returncode == 2 and "no environment named 'nope'" in unknown.stderr

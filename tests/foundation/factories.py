@@ -60,7 +60,7 @@ def team_world(team, port: int):
     VMSample.objects.create(vm=vm, cpu_percent=12.5, cpu_time_ns=10**9, memory_mib=300)
     service = Service.objects.create(environment=env, name="web", image="web:1")
     release = Release.objects.create(
-        service=service, version=1, image_digest="sha256:" + SHA, spec={}
+        service=service, version=1, image_digest="sha256:" + SHA, spec={"image": "web:1"}
     )
     deployment = Deployment.objects.create(environment=env, release=release)
     DeploymentTarget.objects.create(deployment=deployment, vm=vm)

@@ -80,7 +80,9 @@ class RegistryToken(APIView):
         except ValidationError as exc:
             field, messages = next(iter(exc.message_dict.items()))
             return _error(
-                "DENIED", f"{field}: {messages[0]}", status.HTTP_400_BAD_REQUEST,
+                "DENIED",
+                f"{field}: {messages[0]}",
+                status.HTTP_400_BAD_REQUEST,
                 **exc.message_dict,
             )
         return Response(answer, headers={"Cache-Control": "no-store"})

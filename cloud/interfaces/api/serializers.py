@@ -11,6 +11,7 @@ from cloud.models import (
     Image,
     Job,
     JobStep,
+    Release,
     Secret,
     Service,
     VirtualMachine,
@@ -379,6 +380,46 @@ class ServiceSerializer(serializers.ModelSerializer):
             for f in self.context["forwards"]
             if f.guest_port in service.ports
         ]
+
+
+class ReleaseSerializer(serializers.ModelSerializer):
+    environment = serializers.CharField(source="service.environment.name")
+    service = serializers.CharField(source="service.name")
+    image = serializers.SerializerMethodField()
+    digest = serializers.CharField(source="image_digest")
+    current = serializers.SerializerMethodField()
+    promoted_from = serializers.SerializerMethodField()
+    created_by = serializers.CharField(source="created_by.username", default=None)
+
+    class Meta:
+        model = Release
+        fields = [
+            "id",
+            "environment",
+            "service",
+            "version",
+            "image",
+            "digest",
+            "current",
+            "promoted_from",
+            "created_by",
+            "created_at",
+        ]
+
+    def get_image(self, release) -> str:
+        """The reference the release was made from; ``digest`` is what runs."""
+        return release.spec.get("image", "")
+
+    def get_current(self, release) -> bool:
+        """Whether this is the release its service runs now."""
+        return release.pk in self.context["current"]
+
+    def get_promoted_from(self, release) -> str | None:
+        """``environment/service vN`` of the release this one was promoted from."""
+        source = release.promoted_from
+        if source is None:
+            return None
+        return f"{source.service.environment.name}/{source.service.name} v{source.version}"
 
 
 class LogsQuerySerializer(serializers.Serializer):

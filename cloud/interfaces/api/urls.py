@@ -10,6 +10,7 @@ team_router = DefaultRouter(trailing_slash=True)
 team_router.include_root_view = False
 team_router.register("environments", views.EnvironmentViewSet, basename="environment")
 team_router.register("vms", views.VirtualMachineViewSet, basename="vm")
+team_router.register("releases", views.ReleaseViewSet, basename="release")
 team_router.register("jobs", views.JobViewSet, basename="job")
 team_router.register("containers", views.ContainerViewSet, basename="container")
 team_router.register("secrets", views.SecretViewSet, basename="secret")

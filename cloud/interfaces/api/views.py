@@ -18,11 +18,12 @@ from cloud.models import (
     Image,
     Job,
     PortForward,
+    Release,
     Secret,
     Service,
     VirtualMachine,
 )
-from cloud.selectors import filtersets
+from cloud.selectors import filtersets, queries
 from cloud.services import containers, deployments, environments, job_control, secrets
 from cloud.services.access import require_role
 from cloud.services.errors import NotFound
@@ -217,6 +218,31 @@ class VirtualMachineViewSet(
             user=request.user, team=self.get_team(), vm_id=pk, **params.validated_data
         )
         return job_accepted(request, job)
+
+
+class ReleaseViewSet(
+    TeamScopedMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    """Every release of the team's services, newest first; ``current`` marks the
+    one each service runs."""
+
+    serializer_class = serializers.ReleaseSerializer
+    filterset_class = filtersets.ReleaseFilterSet
+
+    def get_queryset(self):
+        return (
+            self.scoped(Release)
+            .select_related(
+                "service__environment", "created_by", "promoted_from__service__environment"
+            )
+            .order_by("service__environment__name", "service__name", "-version")
+        )
+
+    def get_serializer_context(self):
+        context = super().get_serializer_context()
+        if not getattr(self, "swagger_fake_view", False):
+            context["current"] = queries.current_release_ids(self.get_team())
+        return context
 
 
 class JobViewSet(
