@@ -240,9 +240,10 @@ STRATA_SUBNET_PREFIX = os.environ.get("STRATA_SUBNET_PREFIX", "24")
 def load_installation_id(data_dir: Path) -> str:
     """STRATA_INSTALLATION_ID from the environment, else one generated on first
     run and kept in the data directory; processes starting at once agree on it."""
-    value = os.environ.get("STRATA_INSTALLATION_ID") or read_or_create(
-        data_dir / "installation_id", lambda: secrets.token_hex(8) + "\n"
-    ).strip()
+    value = (
+        os.environ.get("STRATA_INSTALLATION_ID")
+        or read_or_create(data_dir / "installation_id", lambda: secrets.token_hex(8) + "\n").strip()
+    )
     # The driver's "Strata id", which volume names and domain metadata can carry.
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", value):
         raise ImproperlyConfigured(

@@ -14,6 +14,7 @@ import time
 
 import requests
 
+from cloud.interfaces.cli_sessions import SessionRefused, run_session
 from cloud.interfaces.healthspec import parse_health
 
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -26,6 +27,7 @@ class ApiError(Exception):
 
 class Client:
     def __init__(self, url: str, token: str, team: str | None):
+        self.url, self.token = url, token
         self.base = url.rstrip("/") + "/api/v1/"
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
@@ -60,6 +62,24 @@ class Client:
         if not found["results"]:
             raise ApiError(f"no environment named {name!r} in team {self.team}")
         return found["results"][0]
+
+    def find_vm(self, name: str) -> dict:
+        """A VM by its name, or ``ENV/VM`` when names repeat across environments."""
+        env, _, vm = name.rpartition("/")
+        params = {"name": vm, **({"environment": env} if env else {})}
+        found = self.request("GET", self.team_path("vms/"), params=params)["results"]
+        if not found:
+            raise ApiError(f"no VM named {name!r} in team {self.team}")
+        if len(found) > 1:
+            where = ", ".join(f"{v['environment']}/{v['name']}" for v in found)
+            raise ApiError(f"several VMs are named {vm!r} ({where}): say ENV/VM")
+        return found[0]
+
+    def open_session(self, path: str, request: dict, *, stdin: bool, tty: bool) -> int:
+        try:
+            return run_session(self.url, self.token, path, request, stdin=stdin, tty_mode=tty)
+        except (SessionRefused, OSError) as exc:
+            raise ApiError(str(exc)) from exc
 
 
 def format_error(body) -> str:
@@ -279,6 +299,35 @@ def cmd_rollback(client, args):
     return env_operation(client, args, "rollback", {"service_name": args.service})
 
 
+def cmd_ssh(client, args):
+    vm = client.find_vm(args.vm)
+    interactive = not args.command  # a login shell, as ssh gives one
+    request = {"command": args.command, "tty": args.tty or interactive}
+    path = f"ws/teams/{client.team}/vms/{vm['id']}/ssh/"
+    return client.open_session(
+        path, request, stdin=args.interactive or interactive, tty=request["tty"]
+    )
+
+
+def service_path(client, env_name: str, service: str, what: str) -> str:
+    env = client.find_environment(env_name)
+    return f"ws/teams/{client.team}/environments/{env['id']}/services/{service}/{what}/"
+
+
+def cmd_exec(client, args):
+    if not args.command:
+        raise ApiError("exec: name the command after --, e.g. strata exec dev web -- ls /")
+    request = {"command": args.command, "tty": args.tty, "replica": args.replica}
+    path = service_path(client, args.env, args.service, "exec")
+    return client.open_session(path, request, stdin=args.interactive, tty=args.tty)
+
+
+def cmd_logs(client, args):
+    request = {"tail": args.tail, "follow": args.follow}
+    path = service_path(client, args.env, args.service, "logs")
+    return client.open_session(path, request, stdin=False, tty=False)
+
+
 def secret_scope(args) -> dict:
     """The scope a secret command names: --scope KIND or --env ENVIRONMENT."""
     return {k: v for k, v in {"scope": args.scope, "environment": args.env}.items() if v}
@@ -328,6 +377,7 @@ def parser() -> argparse.ArgumentParser:
     _add_release_commands(groups)
     _add_secret_commands(groups)
     _add_job_commands(groups)
+    _add_session_commands(groups)
     for command in LIST_COMMANDS:
         command.add_argument("--json", action="store_true", help="the API's rows, as JSON")
     return p
@@ -452,8 +502,31 @@ def _add_job_commands(groups) -> None:
     jobs_watch.set_defaults(run=cmd_jobs_watch)
 
 
+def _add_session_commands(groups) -> None:
+    ssh = groups.add_parser("ssh", help="a shell or a command in a VM, through the manager")
+    ssh.add_argument("vm", help="VM name, or ENV/VM")
+    ssh.set_defaults(run=cmd_ssh)
+    exec_ = groups.add_parser("exec", help="run a command in one replica's container")
+    exec_.add_argument("env")
+    exec_.add_argument("service")
+    exec_.add_argument("--replica", type=int, default=1, help="which replica (default 1)")
+    exec_.set_defaults(run=cmd_exec)
+    for command in (ssh, exec_):
+        command.add_argument("-i", "--interactive", action="store_true", help="send stdin")
+        command.add_argument("-t", "--tty", action="store_true", help="a terminal (pty)")
+        command.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARG...]")
+    logs = groups.add_parser("logs", help="the logs of every replica, prefixed by replica")
+    logs.add_argument("env")
+    logs.add_argument("service")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument("--tail", type=int, default=100, help="lines from the end (default 100)")
+    logs.set_defaults(run=cmd_logs)
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if getattr(args, "command", None) and isinstance(args.command, list):
+        args.command = args.command[1:] if args.command[:1] == ["--"] else args.command
     url, token = os.environ.get("STRATA_URL"), os.environ.get("STRATA_TOKEN")
     if not url or not token:
         print(

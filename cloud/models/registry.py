@@ -18,7 +18,10 @@ class RegistryImage(models.Model):
     media_type = models.CharField(max_length=100)
     size = models.BigIntegerField(help_text="bytes of the image's config and layers")
     pushed_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     pushed_at = models.DateTimeField()

@@ -91,9 +91,12 @@ def record_events(envelope: object) -> int:
     if not isinstance(events, list) or len(events) > MAX_EVENTS:
         raise ValidationError({"events": [f"must be a list of at most {MAX_EVENTS} events"]})
     parsed = [found for found in map(_parse, events) if found is not None]
-    teams = {team.name: team for team in Team.objects.filter(
-        name__in={event.repository.split("/", 1)[0] for event in parsed}
-    )}
+    teams = {
+        team.name: team
+        for team in Team.objects.filter(
+            name__in={event.repository.split("/", 1)[0] for event in parsed}
+        )
+    }
     recorded = 0
     with transaction.atomic():
         for event in parsed:
@@ -112,15 +115,22 @@ def _record_push(team: Team, event: RegistryEvent) -> None:
     image = RegistryImage.objects.filter(repository=event.repository, digest=event.digest).first()
     if image is None:
         size = image_size(
-            settings.STRATA_REGISTRY_ADDR, event.repository, event.digest,
+            settings.STRATA_REGISTRY_ADDR,
+            event.repository,
+            event.digest,
             strata_pull_token(event.repository),
         )
         pusher = get_user_model().objects.filter(username=event.actor).first()
         image, _ = RegistryImage.objects.get_or_create(
             repository=event.repository,
             digest=event.digest,
-            defaults={"team": team, "media_type": event.media_type, "size": size,
-                      "pushed_by": pusher, "pushed_at": event.at},
+            defaults={
+                "team": team,
+                "media_type": event.media_type,
+                "size": size,
+                "pushed_by": pusher,
+                "pushed_at": event.at,
+            },
         )
     if event.tag:
         RegistryTag.objects.update_or_create(

@@ -11,6 +11,8 @@ the worker that starts a container decrypts them, and job logs, container logs
 and health-probe output are masked with them.
 """
 
+from collections.abc import Callable
+
 from django.db import IntegrityError, transaction
 
 from cloud.models import Environment, EnvironmentKind, Secret
@@ -103,7 +105,12 @@ def require_resolvable(environment: Environment, secret_env: dict[str, str]) -> 
         )
 
 
+def masker(environment: Environment) -> Callable[[str], str]:
+    """A function hiding every secret value usable in ``environment`` (read once)."""
+    values = frozenset(Secret.objects.usable_in(environment).values_list("value", flat=True))
+    return lambda text: mask(text, values)
+
+
 def mask_for(environment: Environment, text: str) -> str:
     """``text`` with every secret value usable in ``environment`` hidden."""
-    values = Secret.objects.usable_in(environment).values_list("value", flat=True)
-    return mask(text, frozenset(values))
+    return masker(environment)(text)

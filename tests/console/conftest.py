@@ -10,6 +10,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,13 +142,12 @@ def console_guest():
 
 
 class RelayThread:
-    """The host's relay on its own event loop, as its own process would run it."""
+    """A host's relay on its own event loop, as its own process would run it."""
 
-    def __init__(self, host_name: str, **relay_options) -> None:
+    def __init__(self, make_relay: Callable[[RedisChannelLayer], object]) -> None:
         self.loop = asyncio.new_event_loop()
-        layer = RedisChannelLayer(hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"])
-        self.relay = ConsoleRelay(
-            layer, host_name, lambda: libvirt.open(SYSTEM_URI), **relay_options
+        self.relay = make_relay(
+            RedisChannelLayer(hosts=settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"])
         )
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.started = threading.Event()
@@ -170,10 +170,32 @@ class RelayThread:
 
 @pytest.fixture
 def relay_for(request):
-    """Start a relay for a host name; stopped after the test."""
+    """Start a host's console relay; stopped after the test."""
 
     def start(host_name: str, **relay_options) -> RelayThread:
-        relay = RelayThread(host_name, **relay_options).start()
+        relay = RelayThread(
+            lambda layer: ConsoleRelay(
+                layer, host_name, lambda: libvirt.open(SYSTEM_URI), **relay_options
+            )
+        ).start()
+        request.addfinalizer(relay.close)
+        return relay
+
+    return start
+
+
+@pytest.fixture
+def shell_relay_for(request):
+    """Start a host's shell relay, with the manager's key; stopped after the test."""
+    from workers.console.shells import ShellRelay
+    from workers.drivers.guest.ssh import load_private_key
+    from workers.jobs.keys import manager_keypair
+
+    def start(host_name: str, **relay_options) -> RelayThread:
+        key = load_private_key(manager_keypair().private_openssh)
+        relay = RelayThread(
+            lambda layer: ShellRelay(layer, host_name, lambda: key, **relay_options)
+        ).start()
         request.addfinalizer(relay.close)
         return relay
 

@@ -1,8 +1,9 @@
-"""Run the console relay of one host: `manage.py console_relay HOST`.
+"""Run the relay of one host: `manage.py console_relay HOST`.
 
-`make run` starts it beside the host's Celery worker.  It reads the host's
-libvirt URI once and then serves consoles until it is stopped (SIGTERM or
-Ctrl-C), ending its open sessions with a reason the browsers show.
+`make run` starts it beside the host's Celery worker.  It serves the serial
+consoles of the host's VMs (libvirt) and the shell sessions of `strata ssh`,
+`exec` and `logs` (SSH with the manager's key) until it is stopped (SIGTERM
+or Ctrl-C), ending its open sessions with a reason the clients show.
 """
 
 import asyncio
@@ -14,10 +15,13 @@ from django.core.management.base import BaseCommand, CommandError
 
 from cloud.models import Host
 from workers.console.relay import ConsoleRelay
+from workers.console.shells import ShellRelay
+from workers.drivers.guest.ssh import load_private_key
+from workers.jobs.keys import manager_keypair
 
 
 class Command(BaseCommand):
-    help = "Relay the serial consoles of this host's VMs to the portal's websockets."
+    help = "Relay this host's serial consoles and shell sessions to the portal's websockets."
 
     def add_arguments(self, parser):
         parser.add_argument("host", help="the registered host's name")
@@ -27,12 +31,15 @@ class Command(BaseCommand):
         if found is None:
             raise CommandError(f"no host named {host!r}; register it first")
         uri = found.libvirt_uri
-        relay = ConsoleRelay(get_channel_layer(), found.name, lambda: libvirt.open(uri))
-        asyncio.run(self._serve(relay))
+        key = load_private_key(manager_keypair().private_openssh)
+        layer = get_channel_layer()
+        consoles = ConsoleRelay(layer, found.name, lambda: libvirt.open(uri))
+        shells = ShellRelay(layer, found.name, lambda: key)
+        asyncio.run(self._serve(consoles, shells))
 
-    async def _serve(self, relay: ConsoleRelay) -> None:
+    async def _serve(self, *relays) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await relay.run(stop)
+        await asyncio.gather(*(relay.run(stop) for relay in relays))

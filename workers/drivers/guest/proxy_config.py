@@ -269,5 +269,3 @@ def haproxy_argv(config_path: str, master_socket: str | None = None) -> list[str
         _require_match("master_socket", master_socket, FILE_PATH_PATTERN, "an absolute path")
         argv += ["-S", master_socket]
     return argv
-
-

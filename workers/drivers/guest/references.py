@@ -83,8 +83,10 @@ def parse_reference(text: object) -> ImageReference:
             "must be [registry[:port]/]path[:tag] or path@sha256:<64 hex>, with lowercase "
             "path components and no '.' or '..' segments",
         )
-    if _IMAGE_ID.fullmatch(text) or path == "sha256" or any(
-        _IMAGE_ID.fullmatch(part) for part in path.split("/")
+    if (
+        _IMAGE_ID.fullmatch(text)
+        or path == "sha256"
+        or any(_IMAGE_ID.fullmatch(part) for part in path.split("/"))
     ):
         raise InvalidSpec("image", "must name an image by repository and tag, not by image id")
     if len(f"{host}/{path}") > MAX_NAME_LENGTH:

@@ -20,9 +20,7 @@ DOMAIN_STATES = (VMState.RUNNING, VMState.STOPPING, VMState.STOPPED)
 
 
 def _vm(ctx: StepContext) -> VirtualMachine:
-    return VirtualMachine.objects.select_related("host", "environment__team").get(
-        pk=ctx.job.vm_id
-    )
+    return VirtualMachine.objects.select_related("host", "environment__team").get(pk=ctx.job.vm_id)
 
 
 def ensure_network(ctx: StepContext) -> None:
