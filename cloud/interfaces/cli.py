@@ -13,6 +13,7 @@ import time
 
 import requests
 
+from cloud.interfaces.cli_push import add_push_command
 from cloud.interfaces.healthspec import parse_health
 
 FINISHED = {"succeeded", "failed", "cancelled"}
@@ -253,6 +254,7 @@ def parser() -> argparse.ArgumentParser:
     _add_release_commands(groups)
     _add_secret_commands(groups)
     _add_job_commands(groups)
+    add_push_command(groups)
     return p
 
 

@@ -23,9 +23,9 @@ from tenants.models import Team
 from workers.drivers.guest.errors import InvalidSpec
 from workers.drivers.guest.references import parse_reference
 from workers.drivers.registry import MANIFEST_TYPES, image_size
+from workers.jobs.registry import manager_token
 
 from .errors import ValidationError
-from .registry_tokens import strata_pull_token
 
 MAX_EVENTS = 1000
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
@@ -85,7 +85,7 @@ def record_events(envelope: object) -> int:
     """Apply an envelope of registry events; returns how many were recorded.
 
     ValidationError naming ``events`` for a malformed envelope (nothing
-    applied); RegistryDown or ManifestInvalid when a pushed manifest cannot
+    applied); RegistryDown, ImageNotInRegistry or ManifestInvalid when a pushed manifest cannot
     be read back, so the registry sends the envelope again later."""
     events = envelope.get("events") if isinstance(envelope, dict) else None
     if not isinstance(events, list) or len(events) > MAX_EVENTS:
@@ -113,7 +113,7 @@ def _record_push(team: Team, event: RegistryEvent) -> None:
     if image is None:
         size = image_size(
             settings.STRATA_REGISTRY_ADDR, event.repository, event.digest,
-            strata_pull_token(event.repository),
+            manager_token(event.repository),
         )
         pusher = get_user_model().objects.filter(username=event.actor).first()
         image, _ = RegistryImage.objects.get_or_create(

@@ -14,6 +14,7 @@ import base64
 import binascii
 import hmac
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import authentication, exceptions, generics, serializers, status
 from rest_framework.parsers import JSONParser
@@ -30,7 +31,7 @@ from cloud.services.registry_tokens import (
     issue_registry_token,
     notification_secret,
 )
-from workers.drivers.registry import ManifestInvalid, RegistryDown
+from workers.drivers.registry import ImageNotInRegistry, ManifestInvalid, RegistryDown
 
 from .views import ServiceUnavailable, TeamScopedMixin
 
@@ -86,6 +87,16 @@ class RegistryToken(APIView):
         return Response(answer, headers={"Cache-Control": "no-store"})
 
 
+class RegistryAddress(APIView):
+    """Where Strata's registry is: what ``docker login`` and ``strata push`` talk to."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        return Response(
+            {"address": settings.STRATA_REGISTRY_ADDR, "service": settings.STRATA_REGISTRY_SERVICE}
+        )
+
+
 class RegistryEventsParser(JSONParser):
     media_type = "application/vnd.docker.distribution.events.v1+json"
 
@@ -122,7 +133,7 @@ class RegistryEvents(APIView):
     def post(self, request):
         try:
             recorded = record_events(request.data)
-        except (RegistryDown, ManifestInvalid) as exc:
+        except (RegistryDown, ImageNotInRegistry, ManifestInvalid) as exc:
             # A non-2xx answer makes the registry send the envelope again, with backoff.
             raise ServiceUnavailable(f"the pushed manifest could not be read: {exc}", 5) from exc
         return Response({"recorded": recorded})

@@ -15,6 +15,7 @@ team_router.register("containers", views.ContainerViewSet, basename="container")
 team_router.register("secrets", views.SecretViewSet, basename="secret")
 
 urlpatterns = [
+    path("v1/registry/", registry.RegistryAddress.as_view(), name="registry-address"),
     path("v1/registry/token", registry.RegistryToken.as_view(), name="registry-token"),
     path("v1/registry/events", registry.RegistryEvents.as_view(), name="registry-events"),
     path("v1/teams/<str:team>/images/", registry.TeamImageList.as_view(), name="team-image-list"),
