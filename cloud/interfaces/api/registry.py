@@ -25,7 +25,7 @@ from rest_framework.views import APIView
 from cloud.models import RegistryImage
 from cloud.selectors.registry_images import team_images
 from cloud.services.errors import ValidationError
-from cloud.services.registry_images import record_events
+from cloud.services.registry_images import delete_image, record_events
 from cloud.services.registry_tokens import (
     InvalidCredentials,
     issue_registry_token,
@@ -145,7 +145,16 @@ class RegistryImageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = RegistryImage
-        fields = ["repository", "digest", "tags", "size", "media_type", "pushed_by", "pushed_at"]
+        fields = [
+            "id",
+            "repository",
+            "digest",
+            "tags",
+            "size",
+            "media_type",
+            "pushed_by",
+            "pushed_at",
+        ]
 
 
 class TeamImageList(TeamScopedMixin, generics.ListAPIView):
@@ -157,3 +166,23 @@ class TeamImageList(TeamScopedMixin, generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):
             return RegistryImage.objects.none()
         return team_images(self.get_team())
+
+
+class TeamImageDetail(TeamScopedMixin, generics.RetrieveDestroyAPIView):
+    """One of the team's images; DELETE removes it from the registry unless a release pins it."""
+
+    serializer_class = RegistryImageSerializer
+    lookup_url_kwarg = "image_id"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return RegistryImage.objects.none()
+        return team_images(self.get_team())
+
+    @extend_schema(responses={204: None, 409: dict})
+    def delete(self, request, *args, **kwargs):
+        try:
+            delete_image(user=request.user, team=self.get_team(), image_id=kwargs["image_id"])
+        except (RegistryDown, ManifestInvalid) as exc:
+            raise ServiceUnavailable(f"the registry did not delete it: {exc}", 5) from exc
+        return Response(status=status.HTTP_204_NO_CONTENT)
