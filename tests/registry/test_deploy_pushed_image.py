@@ -10,7 +10,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from bench.harness.guest_servers import build_on_top, wait_for
-from cloud.models import Job, JobStep, Release
+from cloud.models import Deployment, Environment, Job, JobStep, Release, VirtualMachine
 from tenants.models import ApiToken, Membership
 from workers import tasks
 from workers.drivers.guest import list_containers
@@ -133,6 +133,30 @@ def test_a_moved_tag_leaves_the_release_on_its_digest(guest, registry, api_key, 
     assert deploy(vm, reference, queue_if_busy=True).status_code == 202
     pinned = Release.objects.filter(service__name=SERVICE).order_by("version")
     assert list(pinned.values_list("image_digest", flat=True)) == [first, second]
+
+
+def test_promote_carries_the_digest_not_the_tag(guest, registry, api_key):
+    vm = guest[0]
+    staging = Environment.objects.create(team=vm.environment.team, name="stage", kind="staging")
+    VirtualMachine.objects.create(
+        environment=staging,
+        name="s1",
+        host=vm.host,
+        flavor=vm.flavor,
+        image=vm.image,
+        state="running",
+    )
+    key = api_key("alpha", "developer")
+    reference, first = push(guest, registry, key, b"one\n")
+    assert deploy(vm, reference).status_code == 202
+    # As if the dev rollout succeeded: promote takes the release dev serves.
+    Deployment.objects.filter(release__service__name=SERVICE).update(state="succeeded")
+    _, second = push(guest, registry, key, b"two\n")
+    url = f"/api/v1/teams/alpha/environments/{vm.environment_id}/promote/"
+    body = {"service_name": SERVICE, "target_env": "stage"}
+    assert client_of(vm).post(url, body, format="json").status_code == 202
+    promoted = Release.objects.get(service__environment=staging)
+    assert (promoted.image_digest, promoted.spec["image"]) == (first, reference)
 
 
 @pytest.mark.parametrize(
