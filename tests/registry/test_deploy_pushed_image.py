@@ -9,12 +9,14 @@ import uuid
 import pytest
 from rest_framework.test import APIClient
 
-from bench.harness.guest_servers import build_on_top, wait_for
+from bench.harness.guest_servers import KeyPair, Sshd, build_on_top, new_ed25519_key, wait_for
 from cloud.models import Deployment, Environment, Job, JobStep, Release, VirtualMachine
 from tenants.models import ApiToken, Membership
+from tests.jobs.test_atomic_deploy import NamespacedDockerd
 from workers import tasks
 from workers.drivers.guest import list_containers
 from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
+from workers.jobs.keys import manager_keypair
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 SERVICE = "site"
@@ -116,6 +118,57 @@ def test_a_pushed_image_deploys_by_digest_and_serves_http(
     assert [c.state for c in running] == ["running"]
     container = engine.containers.get(running[0].id)
     assert container.image.id == image_id  # the VM runs the pinned image, by ID
+    served = container.exec_run(["wget", "-qO-", "http://127.0.0.1:8080/"])
+    assert served.exit_code == 0 and served.output == page
+
+
+@pytest.fixture
+def isolated_vm(guest, tmp_path):
+    """The guest VM, now reached over SSH in front of a dockerd of its own in a
+    network namespace holding only loopback: it has no route to the registry."""
+    vm = guest[0]
+    engine = NamespacedDockerd()
+    sshd = None
+    try:
+        manager = manager_keypair()
+        host_key = new_ed25519_key()
+        sshd = Sshd(
+            tmp_path / "sshd-isolated",
+            host_key,
+            KeyPair(manager.private_openssh, manager.public_openssh),
+            docker_host=f"unix://{engine.socket}",
+        )
+        VirtualMachine.objects.filter(pk=vm.pk).update(
+            ssh_port=sshd.port, host_key_public=host_key.public_line
+        )
+        vm.refresh_from_db()
+        yield vm, engine.client
+    finally:
+        if sshd is not None:
+            sshd.stop()
+        engine.stop()
+
+
+def test_a_vm_without_a_route_to_the_registry_gets_the_layers_over_ssh(
+    guest, isolated_vm, registry, api_key, worker_factory, settings
+):
+    vm, vm_engine = isolated_vm
+    page = f"isolated {uuid.uuid4().hex}\n".encode()
+    reference, digest = push(guest, registry, api_key("alpha", "developer"), page)
+    start_worker(worker_factory, vm, settings)
+    answer = deploy(vm, reference, healthcheck=HEALTHY_HTTP)
+    assert answer.status_code == 202, answer.content
+    job = finished(answer.json()["id"])
+    assert job.state == "succeeded", job.error
+
+    roll_out_log = JobStep.objects.get(job__parent=job, name="roll out").log
+    assert "ship image: sent " in roll_out_log
+    image_id = guest[1].api.inspect_image(f"{registry}/alpha/web@{digest}")["Id"]
+    (serving,) = list_containers(
+        vm_engine, service_id=str(Release.objects.get(service__name=SERVICE).service_id)
+    )
+    container = vm_engine.containers.get(serving.id)
+    assert container.image.id == image_id
     served = container.exec_run(["wget", "-qO-", "http://127.0.0.1:8080/"])
     assert served.exit_code == 0 and served.output == page
 
