@@ -11,26 +11,34 @@ import docker
 import pytest
 
 from bench.harness.guest_servers import build_on_top
+from cloud.models import Release
+from tenants.models import Team
+from tests.services.conftest import catalogue, dev_environment  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 
 @pytest.fixture
 def strata_push(live_server, registry):
-    """``strata_push(key, *args)`` runs ``strata push`` with that API token."""
+    """``strata_push(key, *args)`` runs ``strata push`` with that API token;
+    ``strata_push.run(key, *args)`` any other strata command."""
 
-    def run(key: str, *args: str):
+    def strata(key: str, *args: str):
         env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
         env.pop("STRATA_TEAM", None)
         return subprocess.run(
-            [sys.executable, "-m", "cloud.interfaces.cli", "push", *args],
+            [sys.executable, "-m", "cloud.interfaces.cli", *args],
             env=env,
             capture_output=True,
             text=True,
             timeout=120,
         )
 
-    return run
+    def push(key: str, *args: str):
+        return strata(key, "push", *args)
+
+    push.run = strata
+    return push
 
 
 @pytest.fixture
@@ -60,6 +68,26 @@ def test_a_second_push_sends_only_the_changed_layer(strata_push, registry, api_k
     pushed_digest = second.stdout.split(f"pushed {registry}/alpha/web:2 ", 1)[1].split()[0]
     held = docker.from_env().api.inspect_image(f"{two_versions}:2")["RepoDigests"]
     assert f"{registry}/alpha/web@{pushed_digest}" in held
+
+
+def test_what_strata_push_prints_is_what_strata_deploy_takes(
+    strata_push,
+    registry,
+    api_key,
+    local_image,
+    catalogue,  # noqa: F811 - the fixture
+):
+    name = f"strata-push-{uuid.uuid4().hex[:8]}"
+    local_image(f"{name}:1")
+    key = api_key("alpha", "developer")
+    pushed = strata_push(key, f"{name}:1", "--name", "web")
+    reference, digest = pushed.stdout.split("\npushed ", 1)[1].split()[:2]
+    dev_environment(Team.objects.get(name="alpha"), catalogue, "vm1")
+    deployed = strata_push.run(key, "deploy", "dev", "site", reference)
+    assert deployed.returncode == 0, deployed.stderr
+    assert deployed.stdout.startswith("job ")
+    release = Release.objects.get(service__name="site")
+    assert (release.spec["image"], release.image_digest) == (reference, digest)
 
 
 def test_the_name_defaults_to_the_images_last_part(strata_push, registry, api_key, local_image):
