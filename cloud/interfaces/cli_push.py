@@ -33,7 +33,9 @@ def add_push_command(groups) -> None:
     )
     push.add_argument("image", help="an image of your Docker engine, e.g. web:1")
     push.add_argument(
-        "--name", help="the repository in the team's namespace (default: the image's last part)"
+        "--name",
+        metavar="NAME[:TAG]",
+        help="the repository in the team's namespace (default: the image's last part and tag)",
     )
     push.set_defaults(run=cmd_push)
 
@@ -43,15 +45,17 @@ class PushError(Exception):
 
 
 def target_reference(image: str, registry: str, team: str, name: str | None) -> tuple[str, str]:
-    """(repository, tag) in the team's namespace for the local ``image``."""
+    """(repository, tag) in the team's namespace for the local ``image``: named
+    ``name`` (with its tag, if it has one) or after the image's last part."""
     try:
         reference = parse_reference(image)
         wanted = parse_reference(f"{team}/{name or reference.path.rsplit('/', 1)[-1]}")
     except InvalidSpec as exc:
         raise PushError(f"image: {exc}") from exc
-    if reference.digest:
+    if reference.digest or wanted.digest:
         raise PushError("image: push a tag (name:tag), not a digest")
-    return f"{registry}/{wanted.path}", reference.tag
+    tag = wanted.tag if name and ":" in name else reference.tag
+    return f"{registry}/{wanted.path}", tag
 
 
 class LayerBars:

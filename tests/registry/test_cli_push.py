@@ -96,6 +96,8 @@ def test_the_name_defaults_to_the_images_last_part(strata_push, registry, api_ke
     done = strata_push(api_key("alpha", "developer"), f"{name}:3")
     assert done.returncode == 0, done.stderr
     assert f"pushed {registry}/alpha/{name}:3 sha256:" in done.stdout
+    retagged = strata_push(api_key("alpha", "developer"), f"{name}:3", "--name", "site:v3")
+    assert f"pushed {registry}/alpha/site:v3 sha256:" in retagged.stdout
 
 
 def test_bad_input_and_refusals_exit_2_saying_why(strata_push, api_key, local_image):
