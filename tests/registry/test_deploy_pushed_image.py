@@ -16,7 +16,9 @@ from tests.jobs.test_atomic_deploy import NamespacedDockerd
 from workers import tasks
 from workers.drivers.guest import list_containers
 from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
+from workers.drivers.registry import RegistryDown, delete_manifest
 from workers.jobs.keys import manager_keypair
+from workers.jobs.registry import manager_token, resolve_digest
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 SERVICE = "site"
@@ -263,3 +265,30 @@ def test_a_registry_that_is_down_fails_the_job_at_resolve_image(
     )
     service_id = str(Release.objects.get(service__name=SERVICE).service_id)
     assert list_containers(engine, service_id=service_id) == []
+
+
+def test_an_image_gone_from_the_registry_after_its_release_fails_at_resolve_image(
+    guest, registry, api_key, worker_factory, settings
+):
+    """The release pinned a digest the registry no longer holds (deleted behind
+    Strata's back) and the manager's engine lacks: the job fails saying so."""
+    vm = guest[0]
+    reference, digest = push(guest, registry, api_key("alpha", "developer"), b"gone\n")
+    answer = deploy(vm, reference)
+    assert answer.status_code == 202, answer.content
+    delete_manifest(registry, "alpha/web", digest, manager_token("alpha/web", ("delete",)))
+    start_worker(worker_factory, vm, settings)
+    job = finished(answer.json()["id"])
+    assert job.state == "failed"
+    child = Job.objects.get(parent=job)
+    assert child.steps.get(state="failed").name == "resolve image"
+    assert f"{reference} is gone from the registry" in child.error
+    assert "manifest unknown" in child.error
+
+
+def test_a_registry_that_trusts_another_key_is_down_for_strata(registry, settings, tmp_path):
+    """Strata's own token refused (the registry was configured by another
+    installation): RegistryDown, saying so, which a deploy job retries."""
+    settings.STRATA_REGISTRY_AUTH_DIR = tmp_path / "another-installation"
+    with pytest.raises(RegistryDown, match="refused Strata's token"):
+        resolve_digest("alpha/web", "1")
