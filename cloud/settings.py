@@ -298,7 +298,9 @@ STRATA_LIVE_READ_SECONDS = float(os.environ.get("STRATA_LIVE_READ_SECONDS", "5")
 # it posts its push and delete events.
 STRATA_REGISTRY_ADDR = os.environ.get("STRATA_REGISTRY_ADDR", "127.0.0.1:5000")
 STRATA_REGISTRY_DIR = Path(os.environ.get("STRATA_REGISTRY_DIR") or STRATA_DATA_DIR / "registry")
-STRATA_REGISTRY_AUTH_DIR = STRATA_DATA_DIR / "registry-auth"
+STRATA_REGISTRY_AUTH_DIR = Path(
+    os.environ.get("STRATA_REGISTRY_AUTH_DIR") or STRATA_DATA_DIR / "registry-auth"
+)
 STRATA_REGISTRY_REALM = os.environ.get(
     "STRATA_REGISTRY_REALM",
     f"http://{os.environ.get('STRATA_BIND', '127.0.0.1:8000')}/api/v1/registry/token",

@@ -9,7 +9,7 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from cloud.models import Container, Environment, Job, Release, VirtualMachine
+from cloud.models import Container, Environment, Job, RegistryImage, Release, VirtualMachine
 from tenants.models import ApiToken, Membership
 from tests.foundation.factories import team_world
 
@@ -54,6 +54,7 @@ def world(make_team):
         "container": Container.objects.get(),
         "release": Release.objects.get(),
         "token": ApiToken.issue(admin, "walk")[0],
+        "image": RegistryImage.objects.get(team=team),
     }
 
 
@@ -73,6 +74,7 @@ def fill(name, regex, world, team):
         "job_id": world["job"].pk,
         "service_name": "web",
         "token_id": world["token"].pk,
+        "image_id": world["image"].pk,
         "name": "token",  # the secret team_world makes
         "action": "scale" if "service" in name else "reboot",
     }
@@ -116,7 +118,7 @@ def test_another_teams_member_gets_404(client, world):
     client.force_login(world["stranger"])
     for name, regex in team_routes():
         # This team's URLs, and the stranger's own team's URLs with this team's ids.
-        has_object = set(regex.groupindex) & {"pk", "env_id", "vm_id", "job_id"}
+        has_object = set(regex.groupindex) & {"pk", "env_id", "vm_id", "job_id", "image_id"}
         for team in (world["team"], world["other"]) if has_object else (world["team"],):
             url = fill(name, regex, world, team)
             get, post = client.get(url), client.post(url)
@@ -150,6 +152,7 @@ def test_viewers_get_403_for_every_action_and_nothing_changes(client, world, mon
         "api:environment-deploy",
         "api:vm-actions",
         "api:job-cancel",
+        "api:team-image-detail",
         "portal:environment-create",
         "portal:deploy",
         "portal:vm-action",

@@ -28,6 +28,7 @@ from django.apps import apps
 from django.contrib.auth.forms import AuthenticationForm
 from django.db import connection, transaction
 from django.urls import reverse
+from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
@@ -38,6 +39,7 @@ from cloud.models import (
     Flavor,
     Job,
     JobState,
+    RegistryImage,
     Release,
     Secret,
     Service,
@@ -49,6 +51,7 @@ from cloud.services.secrets import set_secret
 from tenants.models import ApiToken
 from tests.hostile_corpus import API_VALUES, STRINGS
 from tests.portal.conftest import client_as, finish_job, world  # noqa: F401 - fixtures
+from tests.registry.conftest import registry_settings, running_registry  # noqa: F401 - fixture
 from tests.services.conftest import catalogue  # noqa: F401 - fixture
 from tests.test_every_route import routes
 
@@ -78,11 +81,20 @@ def quiet_bad_requests():
 
 
 @pytest.fixture
-def hostile_world(world):  # noqa: F811 - the imported fixture
+def hostile_world(world, registry_settings, tmp_path):  # noqa: F811 - the imported fixture
     """The portal's world, plus what each write needs to succeed once: a staging
     environment to promote to, an earlier release to roll back to, a stopped VM
-    to resize, a bigger flavor, a job still running to cancel."""
+    to resize, a bigger flavor, a job still running to cancel, an unused image
+    (in a registry that runs, without it: deleting it there is done already)."""
     team, admin = world["team"], world["admin"]
+    image = RegistryImage.objects.create(
+        team=team,
+        repository=f"{team.name}/old",
+        digest="sha256:" + "e" * 64,
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        size=1,
+        pushed_at=timezone.now(),
+    )
     staging = create_environment(user=admin, team=team, name="stage", kind="staging", vm_count=1)
     finish_job(staging)
     VirtualMachine.objects.filter(environment=staging.environment).update(state=VMState.RUNNING)
@@ -100,7 +112,8 @@ def hostile_world(world):  # noqa: F811 - the imported fixture
     ApiToken.issue(admin, "ci")  # for the portal's revoke
     api = APIClient()
     api.force_authenticate(admin)  # authentication has its own tests; here it is overhead
-    return {**world, "stopped_vm": stopped, "running_job": running, "api": api}
+    with running_registry(tmp_path):
+        yield {**world, "stopped_vm": stopped, "running_job": running, "api": api, "image": image}
 
 
 def service_spec(team):
@@ -316,6 +329,10 @@ API_CASES = {
     ),
     ("delete", "/api/v1/teams/{team}/secrets/{name}/"): ApiCase(
         team_url("secrets/token/"), [{"scope": "dev"}]
+    ),
+    # No fields: only the baseline runs, against a real registry (hostile_world starts it).
+    ("delete", "/api/v1/teams/{team}/images/{image_id}/"): ApiCase(
+        lambda w, _: f"/api/v1/teams/{w['team'].name}/images/{w['image'].pk}/", [{}]
     ),
     ("post", "/api/v1/teams/{team}/vms/{id}/actions/"): ApiCase(
         vm_url,

@@ -14,6 +14,7 @@ import time
 
 import requests
 
+from cloud.interfaces.cli_push import add_push_command
 from cloud.interfaces.cli_sessions import SessionRefused, run_session
 from cloud.interfaces.healthspec import parse_health
 
@@ -372,22 +373,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--team", default=os.environ.get("STRATA_TEAM"), help="team name (STRATA_TEAM)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between job polls")
     groups = p.add_subparsers(dest="group", required=True)
-    _add_env_commands(groups)
-    _add_listing_commands(groups)
+    # Every command that lists something gets --json.
+    lists: list[argparse.ArgumentParser] = []
+    _add_env_commands(groups, lists)
+    _add_listing_commands(groups, lists)
     _add_release_commands(groups)
-    _add_secret_commands(groups)
-    _add_job_commands(groups)
+    _add_secret_commands(groups, lists)
+    _add_job_commands(groups, lists)
     _add_session_commands(groups)
-    for command in LIST_COMMANDS:
+    add_push_command(groups)
+    for command in lists:
         command.add_argument("--json", action="store_true", help="the API's rows, as JSON")
     return p
 
 
-# Every command that lists something, given --json by ``parser``.
-LIST_COMMANDS: list[argparse.ArgumentParser] = []
-
-
-def _add_env_commands(groups) -> None:
+def _add_env_commands(groups, lists: list) -> None:
     env = groups.add_parser("env", help="environments").add_subparsers(
         dest="command", required=True
     )
@@ -397,7 +397,7 @@ def _add_env_commands(groups) -> None:
     show = env.add_parser("show", help="VMs, services, releases and where they answer")
     show.add_argument("name")
     show.set_defaults(run=cmd_env_show)
-    LIST_COMMANDS.extend([listing, show])
+    lists.extend([listing, show])
     create = env.add_parser("create")
     create.add_argument("name")
     create.add_argument("--kind", required=True, choices=["dev", "staging", "prod"])
@@ -419,7 +419,7 @@ def _add_env_commands(groups) -> None:
     destroy.set_defaults(run=cmd_env_destroy)
 
 
-def _add_listing_commands(groups) -> None:
+def _add_listing_commands(groups, lists: list) -> None:
     services = groups.add_parser("services", help="an environment's services and their health")
     services.add_argument("env")
     services.set_defaults(run=cmd_services)
@@ -430,7 +430,7 @@ def _add_listing_commands(groups) -> None:
     images = groups.add_parser("images", help="the team's container images")
     images.add_argument("--vm", action="store_true", help="the VM base images instead")
     images.set_defaults(run=cmd_images)
-    LIST_COMMANDS.extend([services, releases, images])
+    lists.extend([services, releases, images])
 
 
 def _add_release_commands(groups) -> None:
@@ -469,7 +469,7 @@ def _add_release_commands(groups) -> None:
         operation.add_argument("--wait", action="store_true", help="watch the job until it ends")
 
 
-def _add_secret_commands(groups) -> None:
+def _add_secret_commands(groups, lists: list) -> None:
     secret = groups.add_parser("secret", help="the team's secrets").add_subparsers(
         dest="command", required=True
     )
@@ -480,7 +480,7 @@ def _add_secret_commands(groups) -> None:
         command.add_argument("name")
         command.set_defaults(run=run)
     secret_list.set_defaults(run=cmd_secret_list)
-    LIST_COMMANDS.append(secret_list)
+    lists.append(secret_list)
     for command in (secret_set, secret_list, secret_rm):
         where = command.add_mutually_exclusive_group(required=command is not secret_list)
         where.add_argument(
@@ -489,14 +489,14 @@ def _add_secret_commands(groups) -> None:
         where.add_argument("--env", help="one environment (its own value wins over its kind's)")
 
 
-def _add_job_commands(groups) -> None:
+def _add_job_commands(groups, lists: list) -> None:
     jobs = groups.add_parser("jobs", help="jobs").add_subparsers(dest="command", required=True)
     jobs_list = jobs.add_parser("list")
     jobs_list.add_argument(
         "--state", choices=["queued", "running", "succeeded", "failed", "cancelled"]
     )
     jobs_list.set_defaults(run=cmd_jobs_list)
-    LIST_COMMANDS.append(jobs_list)
+    lists.append(jobs_list)
     jobs_watch = jobs.add_parser("watch")
     jobs_watch.add_argument("job")
     jobs_watch.set_defaults(run=cmd_jobs_watch)

@@ -21,6 +21,7 @@ from cloud.models import (
     DeploymentTarget,
     Environment,
     Job,
+    RegistryImage,
     Release,
     Service,
     VirtualMachine,
@@ -31,7 +32,9 @@ from workers.drivers.guest import InvalidSpec, spread_replicas
 from workers.drivers.guest.containers import HEALTH_LIMITS
 from workers.drivers.guest.references import ImageReference, parse_reference
 from workers.drivers.hypervisor.spec import SSH_GUEST_PORT
+from workers.drivers.registry import ImageNotInRegistry, ManifestInvalid, RegistryDown
 from workers.jobs import engine as jobs
+from workers.jobs.registry import registry_repository, resolve_digest
 
 from .access import require_act
 from .environments import get_environment, take_environment_lock
@@ -157,17 +160,44 @@ def _health_errors(health: dict) -> list[str]:
 
 def allowed_image(text, team) -> ImageReference:
     """The reference, if well formed and one the team may run: its own
-    ``<team>/...`` images or those the operator's allow-list admits."""
+    ``<team>/...`` images (of the manager's engine, or of its namespace in
+    Strata's registry) or those the operator's allow-list admits."""
     reference = parse_reference(text)
     canonical = str(reference)
-    own = not reference.host and reference.path.startswith(f"{team.name}/")
+    own = reference.path.startswith(f"{team.name}/") and (
+        not reference.host or registry_repository(reference) is not None
+    )
     if not own and not any(
         fnmatch.fnmatchcase(canonical, pattern) for pattern in settings.STRATA_IMAGE_ALLOWLIST
     ):
         raise InvalidSpec(
-            "image", f"{canonical} is not allowed for this team (use {team.name}/... images)"
+            "image",
+            f"{canonical} is not allowed for this team (use {team.name}/... or "
+            f"{settings.STRATA_REGISTRY_ADDR}/{team.name}/... images)",
         )
     return reference
+
+
+def registry_digest(image: str) -> str:
+    """The manifest digest of an image in Strata's registry, resolved now and
+    once: the release keeps it, and every VM and every promotion runs it.
+
+    "" for an image of the manager's engine (the deploy job pins its ID), or
+    when the registry does not answer: the job's "resolve image" step asks
+    again, with retries.  The repository's image records stay locked until
+    the release is committed, so an image cannot be deleted while a release
+    comes to pin it."""
+    reference = parse_reference(image)
+    repository = registry_repository(reference)
+    if repository is None:
+        return ""
+    list(RegistryImage.objects.select_for_update(no_key=True).filter(repository=repository))
+    try:
+        return resolve_digest(repository, reference.digest or reference.tag)
+    except RegistryDown:
+        return ""
+    except (ImageNotInRegistry, ManifestInvalid) as exc:
+        raise ValidationError({"image": [f"not in the team's registry: {exc}"]}) from exc
 
 
 def validate_spec(spec: dict, team) -> dict:
@@ -369,7 +399,8 @@ def deploy(*, user, team, env_id, service_name, replicas=None, queue_if_busy=Fal
         service, _ = Service.objects.update_or_create(
             environment=env, name=service_name, defaults={**clean, "replicas": replicas}
         )
-        release = _new_release(service, clean, user)
+        digest = registry_digest(clean["image"])
+        release = _new_release(service, clean, user, digest=digest)
         job = _roll_out(user, env, release, replicas, "deploy", queue_if_busy)
         AuditEvent.record(
             "service.deploy",
@@ -378,6 +409,7 @@ def deploy(*, user, team, env_id, service_name, replicas=None, queue_if_busy=Fal
             target=service,
             release=release.version,
             image=clean["image"],
+            digest=digest,
             replicas=replicas,
         )
     return job

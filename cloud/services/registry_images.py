@@ -1,4 +1,5 @@
-"""The team's registry images, recorded from the registry's notifications.
+"""The team's registry images, recorded from the registry's notifications, and
+deleted by the team's admins when no release pins them.
 
 The registry posts an envelope of events after each push and delete of a
 manifest.  Every event is checked first and the whole envelope is applied in
@@ -15,17 +16,19 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from cloud.models import RegistryImage, RegistryTag
-from tenants.models import Team
+from cloud.models import RegistryImage, RegistryTag, Release
+from tenants.models import AuditEvent, Role, Team
 from workers.drivers.guest.errors import InvalidSpec
 from workers.drivers.guest.references import parse_reference
-from workers.drivers.registry import MANIFEST_TYPES, image_size
+from workers.drivers.registry import MANIFEST_TYPES, delete_manifest, image_size
+from workers.jobs.registry import manager_token
 
-from .errors import ValidationError
-from .registry_tokens import strata_pull_token
+from .access import require_role
+from .errors import Conflict, NotFound, ValidationError
 
 MAX_EVENTS = 1000
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
@@ -85,7 +88,7 @@ def record_events(envelope: object) -> int:
     """Apply an envelope of registry events; returns how many were recorded.
 
     ValidationError naming ``events`` for a malformed envelope (nothing
-    applied); RegistryDown or ManifestInvalid when a pushed manifest cannot
+    applied); RegistryDown, ImageNotInRegistry or ManifestInvalid when a pushed manifest cannot
     be read back, so the registry sends the envelope again later."""
     events = envelope.get("events") if isinstance(envelope, dict) else None
     if not isinstance(events, list) or len(events) > MAX_EVENTS:
@@ -118,7 +121,7 @@ def _record_push(team: Team, event: RegistryEvent) -> None:
             settings.STRATA_REGISTRY_ADDR,
             event.repository,
             event.digest,
-            strata_pull_token(event.repository),
+            manager_token(event.repository),
         )
         pusher = get_user_model().objects.filter(username=event.actor).first()
         image, _ = RegistryImage.objects.get_or_create(
@@ -147,3 +150,52 @@ def _record_delete(team: Team, event: RegistryEvent) -> None:
         RegistryTag.objects.for_team(team).filter(
             repository=event.repository, tag=event.tag
         ).delete()
+
+
+def releases_using(image: RegistryImage) -> list[Release]:
+    """The team's releases that pin ``image``: its repository in Strata's registry
+    at its digest (rollback and promote may deploy any of them again)."""
+    name = f"{settings.STRATA_REGISTRY_ADDR}/{image.repository}"
+    return list(
+        Release.objects.filter(service__environment__team=image.team_id, image_digest=image.digest)
+        .filter(Q(spec__image__startswith=f"{name}:") | Q(spec__image__startswith=f"{name}@"))
+        .select_related("service__environment")
+        .order_by("service__environment__name", "service__name", "version")
+    )
+
+
+def delete_image(*, user, team, image_id) -> None:
+    """Delete one of the team's images from the registry (its manifest, and so
+    its tags; blobs go with the registry's garbage collection) and its record.
+
+    Admins only, as the registry grants delete; Conflict naming the releases
+    that pin it; RegistryDown when the registry does not answer (nothing
+    changed).  The row stays locked until the end, and a deploy locks the
+    repository's rows while it pins a digest, so no release comes to pin an
+    image while it is deleted."""
+    require_role(user, team, Role.ADMIN)
+    with transaction.atomic():
+        image = RegistryImage.objects.for_team(team).select_for_update().filter(pk=image_id).first()
+        if image is None:
+            raise NotFound("no such image")
+        pinned = releases_using(image)
+        if pinned:
+            names = ", ".join(
+                f"{r.service.environment.name}/{r.service.name} v{r.version}" for r in pinned
+            )
+            raise Conflict("image", f"{image} is pinned by releases {names}: not deleted")
+        delete_manifest(
+            settings.STRATA_REGISTRY_ADDR,
+            image.repository,
+            image.digest,
+            manager_token(image.repository, ("delete",)),
+        )
+        AuditEvent.record(
+            "image.delete",
+            team=team,
+            actor=user,
+            target=image,
+            repository=image.repository,
+            digest=image.digest,
+        )
+        image.delete()

@@ -10,11 +10,8 @@ Asking for more than one may have is not an error (the protocol says so):
 the token simply carries less.
 """
 
-import datetime
-import functools
 import secrets
 
-import jwt
 from django.conf import settings
 from django.utils import timezone
 
@@ -22,17 +19,11 @@ from cloud.keyfiles import read_or_create
 from tenants.models import ApiToken, Membership, Role
 from workers.drivers.guest.errors import InvalidSpec
 from workers.drivers.guest.references import parse_reference
-from workers.drivers.registry import (
-    RegistryConfig,
-    SigningKey,
-    generate_private_key_pem,
-    load_private_key,
-    self_signed_certificate_pem,
-)
+from workers.drivers.registry import RegistryConfig
+from workers.jobs.registry import ISSUER, signed_token, signing_key
 
 from .errors import ValidationError
 
-ISSUER = "strata"
 # What each role may do in its team's namespace; delete removes manifests.
 ROLE_ACTIONS = {
     Role.VIEWER: ("pull",),
@@ -42,29 +33,12 @@ ROLE_ACTIONS = {
 # A push asks for its repository and each repository it may mount blobs from.
 MAX_SCOPES = 16
 MAX_SCOPE_LENGTH = 300
-# Kept in STRATA_REGISTRY_AUTH_DIR, each made once on first use (cloud.keyfiles).
-KEY_FILE = "token-signing.key"
-CERT_FILE = "token-signing.crt"
+# Kept in STRATA_REGISTRY_AUTH_DIR beside the token signing key, made once on first use.
 NOTIFY_SECRET_FILE = "notification-secret"  # noqa: S105 - a file name, not a secret
 
 
 class InvalidCredentials(Exception):
     """No API token, or one that is unknown, revoked, or of an inactive user."""
-
-
-@functools.lru_cache(maxsize=4)
-def _signing_key(directory) -> SigningKey:
-    """The pair kept in ``directory``: the key first, then the certificate made
-    from whichever key was kept, so a certificate always matches its key."""
-    pem = read_or_create(directory / KEY_FILE, generate_private_key_pem, dir_mode=0o700)
-    private_key = load_private_key(pem)
-    cert_path = directory / CERT_FILE
-    read_or_create(cert_path, lambda: self_signed_certificate_pem(private_key), dir_mode=0o700)
-    return SigningKey(private_key, cert_path)
-
-
-def signing_key() -> SigningKey:
-    return _signing_key(settings.STRATA_REGISTRY_AUTH_DIR)
 
 
 def registry_config() -> RegistryConfig:
@@ -147,35 +121,4 @@ def issue_registry_token(api_key: str | None, service: object, scopes: list) -> 
         access.append(
             {"type": kind, "name": name, "actions": _granted(token.user, kind, name, asked)}
         )
-    return _signed(token.user.get_username(), access)
-
-
-def strata_pull_token(repository: str) -> str:
-    """A short token for Strata itself to read ``repository`` (sizes of pushed images)."""
-    access = [{"type": "repository", "name": repository, "actions": ["pull"]}]
-    return _signed(ISSUER, access)["token"]
-
-
-def _signed(subject: str, access: list[dict]) -> dict:
-    key = signing_key()
-    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
-    lifetime = settings.STRATA_REGISTRY_TOKEN_SECONDS
-    claims = {
-        "iss": ISSUER,
-        "sub": subject,
-        "aud": settings.STRATA_REGISTRY_SERVICE,
-        "iat": now,
-        "nbf": now,
-        "exp": now + datetime.timedelta(seconds=lifetime),
-        "jti": secrets.token_urlsafe(16),
-        "access": access,
-    }
-    encoded = jwt.encode(
-        claims, key.private_key, algorithm="ES256", headers={"kid": key.key_id, "typ": "JWT"}
-    )
-    return {
-        "token": encoded,
-        "access_token": encoded,
-        "expires_in": lifetime,
-        "issued_at": now.isoformat().replace("+00:00", "Z"),
-    }
+    return signed_token(token.user.get_username(), access)

@@ -18,6 +18,7 @@ import libvirt
 import pytest
 import uvicorn
 from asgiref.sync import sync_to_async
+from channels.layers import channel_layers
 from channels_redis.core import RedisChannelLayer
 from django.conf import settings
 from django.db import connections
@@ -236,9 +237,13 @@ class AsgiServer:
 @pytest.fixture
 def asgi_server(settings):
     settings.ALLOWED_HOSTS = ["127.0.0.1", "testserver"]
+    # A fresh channel layer per server: a layer remembers the event loop it
+    # received on, and each server runs its own loop.
+    channel_layers.backends.clear()
     server = AsgiServer().start()
     yield server
     server.stop()
+    channel_layers.backends.clear()
     # Consumers' queries ran on asgiref's one shared sync thread, which keeps its
     # connection open; the test database can be dropped only once it is closed.
     asyncio.run(sync_to_async(connections.close_all)())

@@ -2,6 +2,7 @@
 Strata's token auth pointing at the live test server, and the host's dockerd
 with a Docker CLI config of the test's own (so no login leaks out)."""
 
+import contextlib
 import io
 import os
 import secrets
@@ -36,13 +37,11 @@ def registry_settings(settings, tmp_path):
     return settings
 
 
-@pytest.fixture
-def registry(registry_settings, live_server, tmp_path):
-    """The running registry's address; it trusts tokens from the live server."""
+@contextlib.contextmanager
+def running_registry(tmp_path):
+    """The registry, configured from the settings as they are now, until the block ends."""
     if shutil.which(REGISTRY_BINARY) is None:
         pytest.fail(f"{REGISTRY_BINARY} is not installed (scripts/install-system.sh installs it)")
-    registry_settings.STRATA_REGISTRY_REALM = f"{live_server.url}/api/v1/registry/token"
-    registry_settings.STRATA_REGISTRY_NOTIFY_URL = f"{live_server.url}/api/v1/registry/events"
     config = registry_config()
     path = write_config(config, tmp_path / "registry.yml")
     log = open(tmp_path / "registry.log", "wb")  # closed once the process is gone
@@ -57,10 +56,21 @@ def registry(registry_settings, live_server, tmp_path):
                 proc.kill()
                 pytest.fail((tmp_path / "registry.log").read_text()[-2000:])
             time.sleep(0.1)
-    yield config.addr
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    try:
+        yield config.addr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def registry(registry_settings, live_server, tmp_path):
+    """The running registry's address; it trusts tokens from the live server."""
+    registry_settings.STRATA_REGISTRY_REALM = f"{live_server.url}/api/v1/registry/token"
+    registry_settings.STRATA_REGISTRY_NOTIFY_URL = f"{live_server.url}/api/v1/registry/events"
+    with running_registry(tmp_path) as addr:
+        yield addr
 
 
 @pytest.fixture

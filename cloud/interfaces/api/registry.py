@@ -14,6 +14,7 @@ import base64
 import binascii
 import hmac
 
+from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import authentication, exceptions, generics, serializers, status
 from rest_framework.parsers import JSONParser
@@ -24,13 +25,13 @@ from rest_framework.views import APIView
 from cloud.models import RegistryImage
 from cloud.selectors.registry_images import team_images
 from cloud.services.errors import ValidationError
-from cloud.services.registry_images import record_events
+from cloud.services.registry_images import delete_image, record_events
 from cloud.services.registry_tokens import (
     InvalidCredentials,
     issue_registry_token,
     notification_secret,
 )
-from workers.drivers.registry import ManifestInvalid, RegistryDown
+from workers.drivers.registry import ImageNotInRegistry, ManifestInvalid, RegistryDown
 
 from .views import ServiceUnavailable, TeamScopedMixin
 
@@ -88,6 +89,16 @@ class RegistryToken(APIView):
         return Response(answer, headers={"Cache-Control": "no-store"})
 
 
+class RegistryAddress(APIView):
+    """Where Strata's registry is: what ``docker login`` and ``strata push`` talk to."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        return Response(
+            {"address": settings.STRATA_REGISTRY_ADDR, "service": settings.STRATA_REGISTRY_SERVICE}
+        )
+
+
 class RegistryEventsParser(JSONParser):
     media_type = "application/vnd.docker.distribution.events.v1+json"
 
@@ -124,7 +135,7 @@ class RegistryEvents(APIView):
     def post(self, request):
         try:
             recorded = record_events(request.data)
-        except (RegistryDown, ManifestInvalid) as exc:
+        except (RegistryDown, ImageNotInRegistry, ManifestInvalid) as exc:
             # A non-2xx answer makes the registry send the envelope again, with backoff.
             raise ServiceUnavailable(f"the pushed manifest could not be read: {exc}", 5) from exc
         return Response({"recorded": recorded})
@@ -136,7 +147,16 @@ class RegistryImageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = RegistryImage
-        fields = ["repository", "digest", "tags", "size", "media_type", "pushed_by", "pushed_at"]
+        fields = [
+            "id",
+            "repository",
+            "digest",
+            "tags",
+            "size",
+            "media_type",
+            "pushed_by",
+            "pushed_at",
+        ]
 
 
 class TeamImageList(TeamScopedMixin, generics.ListAPIView):
@@ -148,3 +168,23 @@ class TeamImageList(TeamScopedMixin, generics.ListAPIView):
         if getattr(self, "swagger_fake_view", False):
             return RegistryImage.objects.none()
         return team_images(self.get_team())
+
+
+class TeamImageDetail(TeamScopedMixin, generics.RetrieveDestroyAPIView):
+    """One of the team's images; DELETE removes it from the registry unless a release pins it."""
+
+    serializer_class = RegistryImageSerializer
+    lookup_url_kwarg = "image_id"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return RegistryImage.objects.none()
+        return team_images(self.get_team())
+
+    @extend_schema(responses={204: None, 409: dict})
+    def delete(self, request, *args, **kwargs):
+        try:
+            delete_image(user=request.user, team=self.get_team(), image_id=kwargs["image_id"])
+        except (RegistryDown, ManifestInvalid) as exc:
+            raise ServiceUnavailable(f"the registry did not delete it: {exc}", 5) from exc
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -16,9 +16,15 @@ team_router.register("containers", views.ContainerViewSet, basename="container")
 team_router.register("secrets", views.SecretViewSet, basename="secret")
 
 urlpatterns = [
+    path("v1/registry/", registry.RegistryAddress.as_view(), name="registry-address"),
     path("v1/registry/token", registry.RegistryToken.as_view(), name="registry-token"),
     path("v1/registry/events", registry.RegistryEvents.as_view(), name="registry-events"),
     path("v1/teams/<str:team>/images/", registry.TeamImageList.as_view(), name="team-image-list"),
+    path(
+        "v1/teams/<str:team>/images/<int:image_id>/",
+        registry.TeamImageDetail.as_view(),
+        name="team-image-detail",
+    ),
     path("v1/teams/", views.TeamList.as_view(), name="team-list"),
     path("v1/flavors/", views.FlavorList.as_view(), name="flavor-list"),
     path("v1/images/", views.ImageList.as_view(), name="image-list"),

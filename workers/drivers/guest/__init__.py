@@ -30,7 +30,14 @@ from .errors import (
     SSHAuthFailed,
     SSHUnreachable,
 )
-from .images import PushResult, RegistryAuth, chain_ids, pull_image, push_image
+from .images import (
+    PushResult,
+    RegistryAuth,
+    chain_ids,
+    pull_by_digest,
+    pull_image,
+    push_image,
+)
 from .placement import spread_replicas
 from .rollout import RolloutReport, StepRecord, roll_out
 from .ssh import (
@@ -71,6 +78,7 @@ __all__ = [
     "engine_client",
     "list_containers",
     "load_private_key",
+    "pull_by_digest",
     "pull_image",
     "push_image",
     "remove_container",

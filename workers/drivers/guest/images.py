@@ -86,6 +86,23 @@ def pull_image(
         raise ImageShipFailed(f"pull {repository}:{tag}: {exc.explanation}") from None
 
 
+def pull_by_digest(engine: docker.DockerClient, repository: str, digest: str, bearer: str) -> str:
+    """Pull ``repository@digest`` into the engine; returns the image ID.  ``bearer``
+    is a registry token the engine sends as it is (moby's ``registrytoken``), so
+    no password reaches the engine."""
+    reference = f"{repository}@{digest}"
+    try:
+        progress = engine.api.pull(
+            repository, tag=digest, stream=True, decode=True, auth_config={"registrytoken": bearer}
+        )
+        for message in progress:
+            if "error" in message:
+                raise ImageShipFailed(f"pull {reference}: {message['error']}")
+        return engine.api.inspect_image(reference)["Id"]
+    except docker.errors.APIError as exc:
+        raise ImageShipFailed(f"pull {reference}: {exc.explanation}") from None
+
+
 def remote_chain_ids(engine: docker.DockerClient) -> set[str]:
     """Chain IDs of every layer held by an image in the engine."""
     held: set[str] = set()

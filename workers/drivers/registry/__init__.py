@@ -5,7 +5,14 @@ This package renders the registry's configuration, keeps the key pair that
 signs and verifies the tokens, and checks the registry's health.  No Django.
 """
 
-from .client import MANIFEST_TYPES, ManifestInvalid, image_size
+from .client import (
+    MANIFEST_TYPES,
+    ImageNotInRegistry,
+    ManifestInvalid,
+    delete_manifest,
+    fetch_manifest,
+    image_size,
+)
 from .config import RegistryConfig, render_config, write_config
 from .health import RegistryDown, check_health
 from .signing import (
@@ -13,11 +20,15 @@ from .signing import (
     generate_private_key_pem,
     load_private_key,
     self_signed_certificate_pem,
+    sign_token,
 )
 
 __all__ = [
     "MANIFEST_TYPES",
+    "ImageNotInRegistry",
     "ManifestInvalid",
+    "delete_manifest",
+    "fetch_manifest",
     "image_size",
     "RegistryConfig",
     "RegistryDown",
@@ -26,6 +37,7 @@ __all__ = [
     "generate_private_key_pem",
     "load_private_key",
     "self_signed_certificate_pem",
+    "sign_token",
     "render_config",
     "write_config",
 ]

@@ -19,6 +19,8 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 class RegistryDown(Exception):
     """The registry did not answer, or answered as some other registry."""
 
+    transient = True  # a job waiting on it retries with backoff
+
 
 def check_health(addr: str, realm: str, service: str) -> None:
     """Raise RegistryDown saying why, unless the registry at ``addr`` is Strata's."""

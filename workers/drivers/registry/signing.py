@@ -12,9 +12,11 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -74,3 +76,29 @@ def self_signed_certificate_pem(private_key: ec.EllipticCurvePrivateKey) -> str:
         .sign(private_key, hashes.SHA256())
     )
     return certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def sign_token(
+    key: SigningKey, *, issuer: str, subject: str, audience: str, lifetime: int, access: list
+) -> dict:
+    """A registry bearer token granting ``access``, as the token endpoint answers it."""
+    now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    claims = {
+        "iss": issuer,
+        "sub": subject,
+        "aud": audience,
+        "iat": now,
+        "nbf": now,
+        "exp": now + datetime.timedelta(seconds=lifetime),
+        "jti": secrets.token_urlsafe(16),
+        "access": access,
+    }
+    encoded = jwt.encode(
+        claims, key.private_key, algorithm="ES256", headers={"kid": key.key_id, "typ": "JWT"}
+    )
+    return {
+        "token": encoded,
+        "access_token": encoded,
+        "expires_in": lifetime,
+        "issued_at": now.isoformat().replace("+00:00", "Z"),
+    }

@@ -37,11 +37,13 @@ from workers.drivers.guest import (
     list_containers,
     roll_out,
 )
-from workers.drivers.guest.references import parse_reference
+from workers.drivers.guest.references import ImageReference, parse_reference
 from workers.drivers.guest.rollout import withdraw
+from workers.drivers.registry import ImageNotInRegistry, ManifestInvalid
 from workers.jobs import engine as jobs
 from workers.jobs.adapters import connect, domain_spec, forward_port, hypervisor
 from workers.jobs.engine import Plan, Step, StepContext, UserError, register
+from workers.jobs.registry import manager_image_id, registry_repository, resolve_digest
 from workers.jobs.steps.vm import vm_of
 
 Outcome = DeploymentTarget.Outcome
@@ -88,7 +90,7 @@ def service_spec(release: Release, vm, replicas: int, secrets: dict[str, str]) -
     return ServiceSpec(
         name=release.service.name,
         # The digest, not the tag: what was tested is exactly what runs.
-        image=release.image_digest,
+        image=vm_image(release),
         service_id=str(release.service_id),
         environment_id=str(vm.environment_id),
         command=tuple(spec["command"]),
@@ -126,16 +128,48 @@ def engine_image_id(text: str) -> str:
     return found["Id"]
 
 
+def vm_image(release: Release) -> str:
+    """What the VMs run, as the manager's engine names it: the image ID the
+    release pinned, or for an image of Strata's registry the ID of its pinned
+    digest (pulled into the manager's engine again if it lost it)."""
+    repository = registry_repository(parse_reference(release.spec["image"]))
+    if repository is None:
+        return release.image_digest
+    try:
+        return manager_image_id(local_engine(), repository, release.image_digest)
+    except (ImageNotInRegistry, ManifestInvalid) as exc:
+        raise UserError(f"{release.spec['image']} is gone from the registry: {exc}") from exc
+
+
+def resolve_registry_digest(repository: str, reference: ImageReference) -> str:
+    """The digest of an image of Strata's registry; RegistryDown is transient (retried)."""
+    try:
+        return resolve_digest(repository, reference.digest or reference.tag)
+    except (ImageNotInRegistry, ManifestInvalid) as exc:
+        raise UserError(f"{reference} is not in the team's registry: {exc}") from exc
+
+
 def resolve_image(ctx: StepContext) -> None:
-    """Pin the release to the manager engine's image id, once."""
+    """Pin the release to a digest, once (an image of Strata's registry to its
+    manifest digest, unless the deploy already did; one of the manager's
+    engine to its image ID), then have the manager's engine hold it: the VMs
+    receive it from there over SSH, never from a registry."""
     with transaction.atomic():
         release = Release.objects.select_for_update().get(pk=deployment_of(ctx).release_id)
+        reference = parse_reference(release.spec["image"])
+        repository = registry_repository(reference)
         if release.image_digest:
             ctx.log(f"{release.spec['image']} is {release.image_digest}")
-            return
-        image_id = engine_image_id(release.spec["image"])
-        Release.objects.filter(pk=release.pk).update(image_digest=image_id)
-    ctx.log(f"{release.spec['image']} resolved to {image_id}")
+        else:
+            release.image_digest = (
+                resolve_registry_digest(repository, reference)
+                if repository is not None
+                else engine_image_id(release.spec["image"])
+            )
+            Release.objects.filter(pk=release.pk).update(image_digest=release.image_digest)
+            ctx.log(f"{release.spec['image']} resolved to {release.image_digest}")
+    if repository is not None:
+        ctx.log(f"the manager's engine holds it as {vm_image(release)}")
 
 
 def publish_ports(ctx: StepContext) -> None:
