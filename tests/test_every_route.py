@@ -9,7 +9,15 @@ import re
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from cloud.models import Container, Environment, Job, RegistryImage, Release, VirtualMachine
+from cloud.models import (
+    Container,
+    Environment,
+    ExternalRegistry,
+    Job,
+    RegistryImage,
+    Release,
+    VirtualMachine,
+)
 from tenants.models import ApiToken, Membership
 from tests.foundation.factories import team_world
 
@@ -55,6 +63,9 @@ def world(make_team):
         "release": Release.objects.get(),
         "token": ApiToken.issue(admin, "walk")[0],
         "image": RegistryImage.objects.get(team=team),
+        "registry": ExternalRegistry.objects.create(
+            team=team, host="registry.example.com", username="ci", password="ci-password"
+        ),
     }
 
 
@@ -75,6 +86,7 @@ def fill(name, regex, world, team):
         "service_name": "web",
         "token_id": world["token"].pk,
         "image_id": world["image"].pk,
+        "registry_id": world["registry"].pk,
         "name": "token",  # the secret team_world makes
         "action": "scale" if "service" in name else "reboot",
     }
@@ -118,7 +130,14 @@ def test_another_teams_member_gets_404(client, world):
     client.force_login(world["stranger"])
     for name, regex in team_routes():
         # This team's URLs, and the stranger's own team's URLs with this team's ids.
-        has_object = set(regex.groupindex) & {"pk", "env_id", "vm_id", "job_id", "image_id"}
+        has_object = set(regex.groupindex) & {
+            "pk",
+            "env_id",
+            "vm_id",
+            "job_id",
+            "image_id",
+            "registry_id",
+        }
         for team in (world["team"], world["other"]) if has_object else (world["team"],):
             url = fill(name, regex, world, team)
             get, post = client.get(url), client.post(url)

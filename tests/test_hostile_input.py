@@ -36,6 +36,7 @@ from cloud.interfaces.portal import forms as portal_forms
 from cloud.models import (
     ConsoleTicket,
     Deployment,
+    ExternalRegistry,
     Flavor,
     Job,
     JobState,
@@ -112,8 +113,12 @@ def hostile_world(world, registry_settings, tmp_path):  # noqa: F811 - the impor
     ApiToken.issue(admin, "ci")  # for the portal's revoke
     api = APIClient()
     api.force_authenticate(admin)  # authentication has its own tests; here it is overhead
+    registry = ExternalRegistry.objects.create(
+        team=team, host="ghcr.io", username="ci", password="ci-token"
+    )
+    scene = {**world, "stopped_vm": stopped, "running_job": running, "api": api, "image": image}
     with running_registry(tmp_path):
-        yield {**world, "stopped_vm": stopped, "running_job": running, "api": api, "image": image}
+        yield {**scene, "registry": registry}
 
 
 def service_spec(team):
@@ -268,6 +273,18 @@ def secret_value(scene, value):
     return Secret.objects.get(team=scene["team"], name="fresh").value
 
 
+def registry_password(scene, value):
+    return ExternalRegistry.objects.get(
+        team=scene["team"], host="registry.example.com:5000"
+    ).password
+
+
+def registry_username(scene, value):
+    return ExternalRegistry.objects.get(
+        team=scene["team"], host="registry.example.com:5000"
+    ).username
+
+
 @dataclass(frozen=True)
 class ApiCase:
     url: Callable[[dict, dict], str]  # of the world and the baseline body
@@ -333,6 +350,14 @@ API_CASES = {
     # No fields: only the baseline runs, against a real registry (hostile_world starts it).
     ("delete", "/api/v1/teams/{team}/images/{image_id}/"): ApiCase(
         lambda w, _: f"/api/v1/teams/{w['team'].name}/images/{w['image'].pk}/", [{}]
+    ),
+    ("post", "/api/v1/teams/{team}/registries/"): ApiCase(
+        team_url("registries/"),
+        [{"host": "registry.example.com:5000", "username": "ci", "password": "ci-token"}],
+        free_text={"password": registry_password, "username": registry_username},
+    ),
+    ("delete", "/api/v1/teams/{team}/registries/{registry_id}/"): ApiCase(
+        lambda w, _: f"/api/v1/teams/{w['team'].name}/registries/{w['registry'].pk}/", [{}]
     ),
     ("post", "/api/v1/teams/{team}/vms/{id}/actions/"): ApiCase(
         vm_url,

@@ -31,7 +31,7 @@ from cloud.models.environments import (
     VMSample,
 )
 from cloud.models.jobs import Job, JobStep, JobStepState
-from cloud.models.registry import RegistryImage, RegistryTag
+from cloud.models.registry import ExternalRegistry, RegistryImage, RegistryTag
 from cloud.models.releases import (
     Container,
     ContainerHealth,
@@ -56,6 +56,7 @@ __all__ = [
     "DeploymentTarget",
     "Environment",
     "EnvironmentKind",
+    "ExternalRegistry",
     "Flavor",
     "Host",
     "HostStatus",

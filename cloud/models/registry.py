@@ -8,6 +8,7 @@ repository; tags point at images and move when a tag is pushed again.
 from django.conf import settings
 from django.db import models
 
+from cloud.models.crypto import EncryptedTextField
 from tenants.models import Team, TeamScopedQuerySet, scoped_queryset
 
 
@@ -57,3 +58,29 @@ class RegistryTag(models.Model):
 
     def __str__(self):
         return f"{self.repository}:{self.tag}"
+
+
+class ExternalRegistry(models.Model):
+    """A registry outside Strata that a team deploys from, and the team's login
+    there: Strata alone uses it, to resolve tags and to pull into the manager's
+    engine; the password is encrypted at rest and never read back."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="external_registries")
+    host = models.CharField(max_length=255, help_text="host[:port], as image references name it")
+    username = models.CharField(max_length=255)
+    password = EncryptedTextField(help_text="password or access token")
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = TeamScopedQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["host"]
+        constraints = [
+            models.UniqueConstraint(fields=["team", "host"], name="external_registry_once"),
+        ]
+
+    def __str__(self):
+        return f"{self.team.name}/{self.host}"

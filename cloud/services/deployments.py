@@ -20,6 +20,7 @@ from cloud.models import (
     DeploymentState,
     DeploymentTarget,
     Environment,
+    ExternalRegistry,
     Job,
     RegistryImage,
     Release,
@@ -32,9 +33,14 @@ from workers.drivers.guest import InvalidSpec, spread_replicas
 from workers.drivers.guest.containers import HEALTH_LIMITS
 from workers.drivers.guest.references import ImageReference, parse_reference
 from workers.drivers.hypervisor.spec import SSH_GUEST_PORT
-from workers.drivers.registry import ImageNotInRegistry, ManifestInvalid, RegistryDown
+from workers.drivers.registry import (
+    ImageNotInRegistry,
+    LoginRefused,
+    ManifestInvalid,
+    RegistryDown,
+)
 from workers.jobs import engine as jobs
-from workers.jobs.registry import registry_repository, resolve_digest
+from workers.jobs.registry import registry_repository, registry_source
 
 from .access import require_act
 from .environments import get_environment, take_environment_lock
@@ -161,43 +167,62 @@ def _health_errors(health: dict) -> list[str]:
 def allowed_image(text, team) -> ImageReference:
     """The reference, if well formed and one the team may run: its own
     ``<team>/...`` images (of the manager's engine, or of its namespace in
-    Strata's registry) or those the operator's allow-list admits."""
+    Strata's registry), any image of a registry it registered, or those the
+    operator's allow-list admits."""
     reference = parse_reference(text)
     canonical = str(reference)
+    source = registry_source(reference, team.pk)
     own = reference.path.startswith(f"{team.name}/") and (
         not reference.host or registry_repository(reference) is not None
     )
-    if not own and not any(
-        fnmatch.fnmatchcase(canonical, pattern) for pattern in settings.STRATA_IMAGE_ALLOWLIST
+    external = source is not None and source.login is not None
+    if (
+        not own
+        and not external
+        and not any(
+            fnmatch.fnmatchcase(canonical, pattern) for pattern in settings.STRATA_IMAGE_ALLOWLIST
+        )
     ):
+        register = f", or register {reference.host} as a team registry" if reference.host else ""
         raise InvalidSpec(
             "image",
             f"{canonical} is not allowed for this team (use {team.name}/... or "
-            f"{settings.STRATA_REGISTRY_ADDR}/{team.name}/... images)",
+            f"{settings.STRATA_REGISTRY_ADDR}/{team.name}/... images{register})",
         )
     return reference
 
 
-def registry_digest(image: str) -> str:
-    """The manifest digest of an image in Strata's registry, resolved now and
-    once: the release keeps it, and every VM and every promotion runs it.
+def registry_digest(image: str, team) -> str:
+    """The manifest digest of an image of a registry (Strata's or one the team
+    registered), resolved now and once: the release keeps it, and every VM and
+    every promotion runs it.
 
     "" for an image of the manager's engine (the deploy job pins its ID), or
     when the registry does not answer: the job's "resolve image" step asks
-    again, with retries.  The repository's image records stay locked until
-    the release is committed, so an image cannot be deleted while a release
-    comes to pin it."""
+    again, with retries.  The repository's image records in Strata's registry
+    stay locked until the release is committed, as does the team's external
+    registry row, so neither can be deleted while a release comes to pin them."""
     reference = parse_reference(image)
-    repository = registry_repository(reference)
-    if repository is None:
+    source = registry_source(reference, team.pk)
+    if source is None:
         return ""
-    list(RegistryImage.objects.select_for_update(no_key=True).filter(repository=repository))
+    # Locked like the rows a delete locks, so neither the image nor the
+    # registry it comes from goes while a release comes to pin it.
+    if source.login is None:
+        locked = RegistryImage.objects.filter(repository=source.repository)
+        list(locked.select_for_update(no_key=True))
+    elif not ExternalRegistry.objects.select_for_update(no_key=True).filter(
+        team=team, host=source.addr
+    ):
+        raise ValidationError({"image": [f"{source.addr} was removed from the team's registries"]})
     try:
-        return resolve_digest(repository, reference.digest or reference.tag)
+        return source.resolve_digest(reference.digest or reference.tag)
     except RegistryDown:
         return ""
     except (ImageNotInRegistry, ManifestInvalid) as exc:
-        raise ValidationError({"image": [f"not in the team's registry: {exc}"]}) from exc
+        raise ValidationError({"image": [f"not in {source.name}: {exc}"]}) from exc
+    except LoginRefused as exc:
+        raise ValidationError({"image": [str(exc)]}) from exc
 
 
 def validate_spec(spec: dict, team) -> dict:
@@ -399,7 +424,7 @@ def deploy(*, user, team, env_id, service_name, replicas=None, queue_if_busy=Fal
         service, _ = Service.objects.update_or_create(
             environment=env, name=service_name, defaults={**clean, "replicas": replicas}
         )
-        digest = registry_digest(clean["image"])
+        digest = registry_digest(clean["image"], team)
         release = _new_release(service, clean, user, digest=digest)
         job = _roll_out(user, env, release, replicas, "deploy", queue_if_busy)
         AuditEvent.record(

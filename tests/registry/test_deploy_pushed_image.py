@@ -18,7 +18,7 @@ from workers.drivers.guest import list_containers
 from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
 from workers.drivers.registry import RegistryDown, delete_manifest
 from workers.jobs.keys import manager_keypair
-from workers.jobs.registry import manager_token, resolve_digest
+from workers.jobs.registry import RegistrySource, manager_token
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 SERVICE = "site"
@@ -291,4 +291,4 @@ def test_a_registry_that_trusts_another_key_is_down_for_strata(registry, setting
     installation): RegistryDown, saying so, which a deploy job retries."""
     settings.STRATA_REGISTRY_AUTH_DIR = tmp_path / "another-installation"
     with pytest.raises(RegistryDown, match="refused Strata's token"):
-        resolve_digest("alpha/web", "1")
+        RegistrySource(registry, "alpha/web", None).resolve_digest("1")

@@ -22,9 +22,14 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from cloud.models import RegistryImage
+from cloud.models import ExternalRegistry, RegistryImage
 from cloud.selectors.registry_images import team_images
 from cloud.services.errors import ValidationError
+from cloud.services.external_registries import (
+    register_registry,
+    remove_registry,
+    team_registries,
+)
 from cloud.services.registry_images import delete_image, record_events
 from cloud.services.registry_tokens import (
     InvalidCredentials,
@@ -33,6 +38,7 @@ from cloud.services.registry_tokens import (
 )
 from workers.drivers.registry import ImageNotInRegistry, ManifestInvalid, RegistryDown
 
+from .serializers import KnownFieldsOnly, Text
 from .views import ServiceUnavailable, TeamScopedMixin
 
 
@@ -187,4 +193,61 @@ class TeamImageDetail(TeamScopedMixin, generics.RetrieveDestroyAPIView):
             delete_image(user=request.user, team=self.get_team(), image_id=kwargs["image_id"])
         except (RegistryDown, ManifestInvalid) as exc:
             raise ServiceUnavailable(f"the registry did not delete it: {exc}", 5) from exc
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ExternalRegistrySerializer(serializers.ModelSerializer):
+    """A registered registry: its host and user name, never its password."""
+
+    added_by = serializers.SlugRelatedField(read_only=True, slug_field="username")
+
+    class Meta:
+        model = ExternalRegistry
+        fields = ["id", "host", "username", "added_by", "created_at"]
+
+
+class ExternalRegistryWriteSerializer(KnownFieldsOnly):
+    # Checked by the service, which names each bad field.
+    host = Text()
+    username = Text()
+    password = Text(write_only=True)
+
+
+class TeamRegistryList(TeamScopedMixin, generics.ListAPIView):
+    """The external registries the team deploys from; POST registers one (or
+    replaces its login), admins only."""
+
+    serializer_class = ExternalRegistrySerializer
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return ExternalRegistry.objects.none()
+        return team_registries(self.request.user, self.get_team())
+
+    @extend_schema(
+        request=ExternalRegistryWriteSerializer, responses={201: ExternalRegistrySerializer}
+    )
+    def post(self, request, team):
+        params = ExternalRegistryWriteSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        registry = register_registry(
+            user=request.user, team=self.get_team(), **params.validated_data
+        )
+        return Response(self.get_serializer(registry).data, status=status.HTTP_201_CREATED)
+
+
+class TeamRegistryDetail(TeamScopedMixin, generics.RetrieveDestroyAPIView):
+    """One of the team's registries; DELETE forgets it unless a release pins an image from it."""
+
+    serializer_class = ExternalRegistrySerializer
+    lookup_url_kwarg = "registry_id"
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):
+            return ExternalRegistry.objects.none()
+        return team_registries(self.request.user, self.get_team())
+
+    @extend_schema(responses={204: None, 409: dict})
+    def delete(self, request, *args, **kwargs):
+        remove_registry(user=request.user, team=self.get_team(), registry_id=kwargs["registry_id"])
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -25,6 +25,16 @@ urlpatterns = [
         registry.TeamImageDetail.as_view(),
         name="team-image-detail",
     ),
+    path(
+        "v1/teams/<str:team>/registries/",
+        registry.TeamRegistryList.as_view(),
+        name="team-registry-list",
+    ),
+    path(
+        "v1/teams/<str:team>/registries/<int:registry_id>/",
+        registry.TeamRegistryDetail.as_view(),
+        name="team-registry-detail",
+    ),
     path("v1/teams/", views.TeamList.as_view(), name="team-list"),
     path("v1/flavors/", views.FlavorList.as_view(), name="flavor-list"),
     path("v1/images/", views.ImageList.as_view(), name="image-list"),

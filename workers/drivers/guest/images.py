@@ -86,14 +86,17 @@ def pull_image(
         raise ImageShipFailed(f"pull {repository}:{tag}: {exc.explanation}") from None
 
 
-def pull_by_digest(engine: docker.DockerClient, repository: str, digest: str, bearer: str) -> str:
-    """Pull ``repository@digest`` into the engine; returns the image ID.  ``bearer``
-    is a registry token the engine sends as it is (moby's ``registrytoken``), so
-    no password reaches the engine."""
+def pull_by_digest(
+    engine: docker.DockerClient, repository: str, digest: str, auth_config: dict
+) -> str:
+    """Pull ``repository@digest`` into the engine; returns the image ID.
+    ``auth_config`` is sent with this one pull and never stored by the engine:
+    for Strata's registry a token it sends as it is (moby's ``registrytoken``),
+    for an external one the team's login."""
     reference = f"{repository}@{digest}"
     try:
         progress = engine.api.pull(
-            repository, tag=digest, stream=True, decode=True, auth_config={"registrytoken": bearer}
+            repository, tag=digest, stream=True, decode=True, auth_config=auth_config
         )
         for message in progress:
             if "error" in message:

@@ -13,6 +13,7 @@ holds, not one a team was given.  No Django here.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -94,3 +95,26 @@ def parse_reference(text: object) -> ImageReference:
     if found["digest"]:
         return ImageReference(host, path, "", found["digest"])
     return ImageReference(host, path, found["tag"] or "latest", "")
+
+
+_REGISTRY_HOST = re.compile(
+    rf"(?P<name>{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*)(?::[0-9]{{1,5}})?", re.ASCII
+)
+
+
+def is_registry_host(text: object) -> bool:
+    """Whether ``text`` is a registry ``host[:port]`` an image reference can
+    name: an IPv4 address, ``localhost``, or a DNS name whose last label (the
+    top-level domain) is not all digits (RFC 3696)."""
+    found = _REGISTRY_HOST.fullmatch(text) if isinstance(text, str) else None
+    if found is None or len(text) > MAX_NAME_LENGTH:
+        return False
+    name = found["name"]
+    try:
+        ipaddress.IPv4Address(name)
+        return True
+    except ValueError:
+        pass
+    # A single label is a host only with a port (Docker's rule), as in myregistry:5000.
+    several = "." in name or ":" in text
+    return name == "localhost" or (several and not name.rsplit(".", 1)[-1].isdigit())

@@ -8,9 +8,12 @@ signs and verifies the tokens, and checks the registry's health.  No Django.
 from .client import (
     MANIFEST_TYPES,
     ImageNotInRegistry,
+    LoginRefused,
     ManifestInvalid,
+    RegistryLogin,
     delete_manifest,
     fetch_manifest,
+    fetch_manifest_with_login,
     image_size,
 )
 from .config import RegistryConfig, render_config, write_config
@@ -26,9 +29,12 @@ from .signing import (
 __all__ = [
     "MANIFEST_TYPES",
     "ImageNotInRegistry",
+    "LoginRefused",
     "ManifestInvalid",
+    "RegistryLogin",
     "delete_manifest",
     "fetch_manifest",
+    "fetch_manifest_with_login",
     "image_size",
     "RegistryConfig",
     "RegistryDown",

@@ -13,7 +13,7 @@ import re
 import requests
 
 TIMEOUT_SECONDS = 5
-_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 
 class RegistryDown(Exception):
@@ -35,7 +35,7 @@ def check_health(addr: str, realm: str, service: str) -> None:
             f"{url} answered {answer.status_code} without a Bearer challenge: "
             "not a registry with Strata's token auth"
         )
-    params = dict(_CHALLENGE_PARAM.findall(challenge))
+    params = dict(CHALLENGE_PARAM.findall(challenge))
     if params.get("realm") != realm or params.get("service") != service:
         raise RegistryDown(
             f"the registry at {addr} sends clients to realm {params.get('realm')!r} for "

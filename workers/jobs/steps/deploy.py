@@ -39,11 +39,11 @@ from workers.drivers.guest import (
 )
 from workers.drivers.guest.references import ImageReference, parse_reference
 from workers.drivers.guest.rollout import withdraw
-from workers.drivers.registry import ImageNotInRegistry, ManifestInvalid
+from workers.drivers.registry import ImageNotInRegistry, LoginRefused, ManifestInvalid
 from workers.jobs import engine as jobs
 from workers.jobs.adapters import connect, domain_spec, forward_port, hypervisor
 from workers.jobs.engine import Plan, Step, StepContext, UserError, register
-from workers.jobs.registry import manager_image_id, registry_repository, resolve_digest
+from workers.jobs.registry import RegistrySource, manager_image_id, registry_source
 from workers.jobs.steps.vm import vm_of
 
 Outcome = DeploymentTarget.Outcome
@@ -128,47 +128,58 @@ def engine_image_id(text: str) -> str:
     return found["Id"]
 
 
+def release_source(release: Release) -> RegistrySource | None:
+    team_id = Environment.objects.values_list("team_id", flat=True).get(
+        pk=release.service.environment_id
+    )
+    return registry_source(parse_reference(release.spec["image"]), team_id)
+
+
 def vm_image(release: Release) -> str:
     """What the VMs run, as the manager's engine names it: the image ID the
-    release pinned, or for an image of Strata's registry the ID of its pinned
-    digest (pulled into the manager's engine again if it lost it)."""
-    repository = registry_repository(parse_reference(release.spec["image"]))
-    if repository is None:
+    release pinned, or for an image of a registry the ID of its pinned digest
+    (pulled into the manager's engine again if it lost it)."""
+    source = release_source(release)
+    if source is None:
         return release.image_digest
     try:
-        return manager_image_id(local_engine(), repository, release.image_digest)
+        return manager_image_id(local_engine(), source, release.image_digest)
     except (ImageNotInRegistry, ManifestInvalid) as exc:
-        raise UserError(f"{release.spec['image']} is gone from the registry: {exc}") from exc
+        raise UserError(f"{release.spec['image']} is gone from {source.name}: {exc}") from exc
+    except LoginRefused as exc:
+        raise UserError(str(exc)) from exc
 
 
-def resolve_registry_digest(repository: str, reference: ImageReference) -> str:
-    """The digest of an image of Strata's registry; RegistryDown is transient (retried)."""
+def resolve_registry_digest(source: RegistrySource, reference: ImageReference) -> str:
+    """The digest of an image of a registry; RegistryDown is transient (retried)."""
     try:
-        return resolve_digest(repository, reference.digest or reference.tag)
+        return source.resolve_digest(reference.digest or reference.tag)
     except (ImageNotInRegistry, ManifestInvalid) as exc:
-        raise UserError(f"{reference} is not in the team's registry: {exc}") from exc
+        raise UserError(f"{reference} is not in {source.name}: {exc}") from exc
+    except LoginRefused as exc:
+        raise UserError(str(exc)) from exc
 
 
 def resolve_image(ctx: StepContext) -> None:
-    """Pin the release to a digest, once (an image of Strata's registry to its
+    """Pin the release to a digest, once (an image of a registry to its
     manifest digest, unless the deploy already did; one of the manager's
     engine to its image ID), then have the manager's engine hold it: the VMs
     receive it from there over SSH, never from a registry."""
     with transaction.atomic():
         release = Release.objects.select_for_update().get(pk=deployment_of(ctx).release_id)
         reference = parse_reference(release.spec["image"])
-        repository = registry_repository(reference)
+        source = release_source(release)
         if release.image_digest:
             ctx.log(f"{release.spec['image']} is {release.image_digest}")
         else:
             release.image_digest = (
-                resolve_registry_digest(repository, reference)
-                if repository is not None
+                resolve_registry_digest(source, reference)
+                if source is not None
                 else engine_image_id(release.spec["image"])
             )
             Release.objects.filter(pk=release.pk).update(image_digest=release.image_digest)
             ctx.log(f"{release.spec['image']} resolved to {release.image_digest}")
-    if repository is not None:
+    if source is not None:
         ctx.log(f"the manager's engine holds it as {vm_image(release)}")
 
 
