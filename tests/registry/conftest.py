@@ -3,6 +3,7 @@ Strata's token auth pointing at the live test server, and the host's dockerd
 with a Docker CLI config of the test's own (so no login leaks out)."""
 
 import contextlib
+import dataclasses
 import io
 import os
 import secrets
@@ -14,8 +15,10 @@ import time
 
 import pytest
 
+from cloud.models import ExternalRegistry
 from cloud.services.registry_tokens import registry_config
 from tenants.models import ApiToken
+from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
 from workers.drivers.registry import RegistryDown, check_health, write_config
 
 REGISTRY_BINARY = "docker-registry"
@@ -151,3 +154,85 @@ def local_image():
     # By id: a pull by digest leaves the same image under a name with no tag.
     if image_ids:
         subprocess.run(["docker", "rmi", "--force", *image_ids], capture_output=True, timeout=60)
+
+
+@dataclasses.dataclass(frozen=True)
+class BasicAuthRegistry:
+    addr: str
+    username: str
+    password: str
+
+
+@contextlib.contextmanager
+def running_basic_auth_registry(directory, username: str, password: str):
+    """Debian's docker-registry as an outside registry stands: htpasswd (Basic)
+    auth, its own storage, plain HTTP on loopback (which Docker's engine
+    treats as an insecure registry, so no certificate is needed)."""
+    import bcrypt
+    import requests
+
+    if shutil.which(REGISTRY_BINARY) is None:
+        pytest.fail(f"{REGISTRY_BINARY} is not installed (scripts/install-system.sh installs it)")
+    os.makedirs(directory)
+    addr = f"127.0.0.1:{free_loopback_port()}"
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=4)).decode()
+    (directory / "htpasswd").write_text(f"{username}:{hashed}\n")
+    (directory / "registry.yml").write_text(
+        "version: 0.1\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {directory / 'storage'}\n"
+        "  delete:\n    enabled: true\n"
+        f"http:\n  addr: {addr}\n"
+        f"auth:\n  htpasswd:\n    realm: outside\n    path: {directory / 'htpasswd'}\n"
+    )
+    log = open(directory / "registry.log", "wb")  # closed once the process is gone
+    proc = subprocess.Popen(
+        [REGISTRY_BINARY, "serve", str(directory / "registry.yml")], stdout=log, stderr=log
+    )
+    deadline = time.monotonic() + START_SECONDS
+    while True:
+        try:
+            answer = requests.get(f"http://{addr}/v2/", timeout=1)
+            if answer.headers.get("WWW-Authenticate", "").startswith("Basic "):
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail((directory / "registry.log").read_text()[-2000:])
+        time.sleep(0.1)
+    try:
+        yield BasicAuthRegistry(addr, username, password)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture
+def outside_registry(tmp_path):
+    """A running registry with Basic auth standing in for ghcr.io and the like."""
+    with running_basic_auth_registry(
+        tmp_path / "outside-registry", "ci", f"pw-{secrets.token_hex(8)}"
+    ) as registry:
+        yield registry
+
+
+@pytest.fixture
+def guest(sshd_guest, registry_settings):
+    """The sshd_guest VM; at the end its containers and every image pulled
+    from this test's registry (or from a registry the team registered) leave
+    the host's engine."""
+    vm, engine, base = sshd_guest
+    yield vm, engine, base
+    ours = {"label": f"{LABEL_ENVIRONMENT_ID}={vm.environment_id}"}
+    for container in engine.containers.list(all=True, filters=ours):
+        container.remove(force=True)
+    hosts = [
+        registry_settings.STRATA_REGISTRY_ADDR,
+        *ExternalRegistry.objects.values_list("host", flat=True),
+    ]
+    prefixes = tuple(f"{host}/" for host in hosts)
+    for image in engine.images.list():
+        names = [*(image.attrs.get("RepoDigests") or []), *(image.attrs.get("RepoTags") or [])]
+        if any(name.startswith(prefixes) for name in names):
+            engine.images.remove(image.id, force=True)

@@ -10,12 +10,18 @@ import pytest
 from rest_framework.test import APIClient
 
 from bench.harness.guest_servers import KeyPair, Sshd, build_on_top, new_ed25519_key, wait_for
-from cloud.models import Deployment, Environment, Job, JobStep, Release, VirtualMachine
+from cloud.models import (
+    Deployment,
+    Environment,
+    Job,
+    JobStep,
+    Release,
+    VirtualMachine,
+)
 from tenants.models import ApiToken, Membership
 from tests.jobs.test_atomic_deploy import NamespacedDockerd
 from workers import tasks
 from workers.drivers.guest import list_containers
-from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
 from workers.drivers.registry import RegistryDown, delete_manifest
 from workers.jobs.keys import manager_keypair
 from workers.jobs.registry import RegistrySource, manager_token
@@ -46,21 +52,6 @@ def push(guest, registry: str, key: str, page: bytes) -> tuple[str, str]:
     digest = next(m["aux"]["Digest"] for m in progress if "Digest" in m.get("aux", {}))
     engine.images.remove(image_id, force=True)
     return f"{repository}:1", digest
-
-
-@pytest.fixture
-def guest(sshd_guest, registry_settings):
-    """The sshd_guest VM; at the end its containers and every image pulled
-    from this test's registry leave the host's engine."""
-    vm, engine, base = sshd_guest
-    yield vm, engine, base
-    ours = {"label": f"{LABEL_ENVIRONMENT_ID}={vm.environment_id}"}
-    for container in engine.containers.list(all=True, filters=ours):
-        container.remove(force=True)
-    prefix = f"{registry_settings.STRATA_REGISTRY_ADDR}/"
-    for image in engine.images.list():
-        if any(name.startswith(prefix) for name in image.attrs.get("RepoDigests") or []):
-            engine.images.remove(image.id, force=True)
 
 
 def start_worker(worker_factory, vm, settings, **env):
