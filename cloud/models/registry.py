@@ -7,8 +7,10 @@ repository; tags point at images and move when a tag is pushed again.
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 
 from cloud.models.crypto import EncryptedTextField
+from cloud.models.releases import Release
 from tenants.models import Team, TeamScopedQuerySet, scoped_queryset
 
 
@@ -41,6 +43,19 @@ class RegistryImage(models.Model):
 
     def __str__(self):
         return f"{self.repository}@{self.digest}"
+
+    def pinned_by(self):
+        """The team's releases that pin this image: its repository in Strata's
+        registry at its digest (rollback and promote may deploy any of them again)."""
+        name = f"{settings.STRATA_REGISTRY_ADDR}/{self.repository}"
+        return (
+            Release.objects.filter(
+                service__environment__team=self.team_id, image_digest=self.digest
+            )
+            .filter(Q(spec__image__startswith=f"{name}:") | Q(spec__image__startswith=f"{name}@"))
+            .select_related("service__environment")
+            .order_by("service__environment__name", "service__name", "version")
+        )
 
 
 class RegistryTag(models.Model):

@@ -16,11 +16,10 @@ from datetime import datetime
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from cloud.models import RegistryImage, RegistryTag, Release
+from cloud.models import RegistryImage, RegistryTag
 from tenants.models import AuditEvent, Role, Team
 from workers.drivers.guest.errors import InvalidSpec
 from workers.drivers.guest.references import parse_reference
@@ -152,18 +151,6 @@ def _record_delete(team: Team, event: RegistryEvent) -> None:
         ).delete()
 
 
-def releases_using(image: RegistryImage) -> list[Release]:
-    """The team's releases that pin ``image``: its repository in Strata's registry
-    at its digest (rollback and promote may deploy any of them again)."""
-    name = f"{settings.STRATA_REGISTRY_ADDR}/{image.repository}"
-    return list(
-        Release.objects.filter(service__environment__team=image.team_id, image_digest=image.digest)
-        .filter(Q(spec__image__startswith=f"{name}:") | Q(spec__image__startswith=f"{name}@"))
-        .select_related("service__environment")
-        .order_by("service__environment__name", "service__name", "version")
-    )
-
-
 def delete_image(*, user, team, image_id) -> None:
     """Delete one of the team's images from the registry (its manifest, and so
     its tags; blobs go with the registry's garbage collection) and its record.
@@ -178,7 +165,7 @@ def delete_image(*, user, team, image_id) -> None:
         image = RegistryImage.objects.for_team(team).select_for_update().filter(pk=image_id).first()
         if image is None:
             raise NotFound("no such image")
-        pinned = releases_using(image)
+        pinned = list(image.pinned_by())
         if pinned:
             names = ", ".join(
                 f"{r.service.environment.name}/{r.service.name} v{r.version}" for r in pinned

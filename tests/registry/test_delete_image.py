@@ -78,6 +78,31 @@ def test_an_image_a_release_pins_is_refused_naming_the_release(pushed, registry,
     assert RegistryImage.objects.filter(pk=pushed.pk).exists()
 
 
+def test_the_image_list_names_the_releases_that_pin_each_image(pushed, registry, api_key):
+    release = pin(pushed, registry)
+    unpinned = RegistryImage.objects.create(
+        team=pushed.team,
+        repository="alpha/web",
+        digest=SHA,
+        media_type=pushed.media_type,
+        size=1,
+        pushed_at=timezone.now(),
+    )
+    # The same digest under another repository is another image, pinned by nothing.
+    Release.objects.create(
+        service=release.service,
+        version=4,
+        image_digest=SHA,
+        spec={"image": f"{registry}/alpha/api:1"},
+    )
+    client = client_with(api_key("alpha", "viewer"))
+    listed = client.get("/api/v1/teams/alpha/images/").json()["results"]
+    pinning = {image["digest"]: image["releases"] for image in listed}
+    expected = [{"id": release.pk, "environment": "dev", "service": "site", "version": 3}]
+    assert pinning == {pushed.digest: expected, unpinned.digest: []}
+    assert client.get(url_of(pushed)).json()["releases"] == expected
+
+
 def test_only_admins_delete_and_another_teams_image_is_404(pushed, registry, api_key):
     for role in ("viewer", "developer"):
         answer = client_with(api_key("alpha", role)).delete(url_of(pushed))

@@ -15,7 +15,7 @@ import binascii
 import hmac
 
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import authentication, exceptions, generics, serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from cloud.models import ExternalRegistry, RegistryImage
-from cloud.selectors.registry_images import team_images
+from cloud.selectors.registry_images import releases_by_image, team_images
 from cloud.services.errors import ValidationError
 from cloud.services.external_registries import (
     register_registry,
@@ -147,9 +147,22 @@ class RegistryEvents(APIView):
         return Response({"recorded": recorded})
 
 
+class PinningReleaseSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    environment = serializers.CharField(source="service.environment.name")
+    service = serializers.CharField(source="service.name")
+    version = serializers.IntegerField()
+
+
 class RegistryImageSerializer(serializers.ModelSerializer):
     tags = serializers.SlugRelatedField(many=True, read_only=True, slug_field="tag")
     pushed_by = serializers.SlugRelatedField(read_only=True, slug_field="username")
+    releases = serializers.SerializerMethodField(help_text="the releases pinning this digest")
+
+    @extend_schema_field(PinningReleaseSerializer(many=True))
+    def get_releases(self, image):
+        pinning = self.context["releases"].get((image.repository, image.digest), [])
+        return PinningReleaseSerializer(pinning, many=True).data
 
     class Meta:
         model = RegistryImage
@@ -162,12 +175,11 @@ class RegistryImageSerializer(serializers.ModelSerializer):
             "media_type",
             "pushed_by",
             "pushed_at",
+            "releases",
         ]
 
 
-class TeamImageList(TeamScopedMixin, generics.ListAPIView):
-    """The team's images in Strata's registry, newest push first per repository."""
-
+class TeamImagesMixin(TeamScopedMixin):
     serializer_class = RegistryImageSerializer
 
     def get_queryset(self):
@@ -175,17 +187,21 @@ class TeamImageList(TeamScopedMixin, generics.ListAPIView):
             return RegistryImage.objects.none()
         return team_images(self.get_team())
 
+    def get_serializer_context(self):
+        fake = getattr(self, "swagger_fake_view", False)
+        releases = {} if fake else releases_by_image(self.get_team())
+        return {**super().get_serializer_context(), "releases": releases}
 
-class TeamImageDetail(TeamScopedMixin, generics.RetrieveDestroyAPIView):
+
+class TeamImageList(TeamImagesMixin, generics.ListAPIView):
+    """The team's images in Strata's registry, newest push first per
+    repository, each with the releases that pin it."""
+
+
+class TeamImageDetail(TeamImagesMixin, generics.RetrieveDestroyAPIView):
     """One of the team's images; DELETE removes it from the registry unless a release pins it."""
 
-    serializer_class = RegistryImageSerializer
     lookup_url_kwarg = "image_id"
-
-    def get_queryset(self):
-        if getattr(self, "swagger_fake_view", False):
-            return RegistryImage.objects.none()
-        return team_images(self.get_team())
 
     @extend_schema(responses={204: None, 409: dict})
     def delete(self, request, *args, **kwargs):
