@@ -311,8 +311,13 @@ STRATA_REGISTRY_NOTIFY_URL = os.environ.get(
 )
 STRATA_REGISTRY_SERVICE = os.environ.get("STRATA_REGISTRY_SERVICE", "strata-registry")
 STRATA_REGISTRY_TOKEN_SECONDS = int(os.environ.get("STRATA_REGISTRY_TOKEN_SECONDS", "300"))
+# Garbage collection (manage.py registry_gc, and beat every STRATA_REGISTRY_GC_SECONDS):
+# an image no tag names and no release pins is deleted once pushed this many days ago.
+STRATA_REGISTRY_RETENTION_DAYS = float(os.environ.get("STRATA_REGISTRY_RETENTION_DAYS", "7"))
+STRATA_REGISTRY_GC_SECONDS = int(os.environ.get("STRATA_REGISTRY_GC_SECONDS", "3600"))
 CELERY_BEAT_SCHEDULE = {
     "reconcile": {"task": "strata.reconcile", "schedule": float(STRATA_RECONCILE_SECONDS)},
+    "registry-gc": {"task": "strata.registry_gc", "schedule": float(STRATA_REGISTRY_GC_SECONDS)},
 }
 
 LOGGING = {

@@ -37,6 +37,15 @@ def reconcile() -> int:
     return len(hosts)
 
 
+@app.task(name="strata.registry_gc")
+def registry_gc() -> int:
+    """Beat's entry point: delete the registry's unused old images (blobs are
+    freed by ``manage.py registry_gc --blobs``, with the registry stopped)."""
+    from cloud.services.registry_gc import collect_unused_images
+
+    return len(collect_unused_images())
+
+
 @app.task(name="strata.reconcile_host", autoretry_for=(ConnectionError,), retry_backoff=True)
 def reconcile_host(host_id: int) -> dict:
     from workers.jobs.reconcile import reconcile_host as run
