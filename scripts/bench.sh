@@ -12,7 +12,7 @@ fi
 export BENCH_ADMIN_URL=postgres://$pg_user:$pg_password@127.0.0.1:5432/postgres
 export STRATA_VIRT_TYPE=${STRATA_VIRT_TYPE:-qemu} STRATA_HTTPS=false
 benches=("$@")
-[ ${#benches[@]} -gt 0 ] || benches=(scheduling portal deploy network vm_create)
+[ ${#benches[@]} -gt 0 ] || benches=(scheduling portal deploy network vm_create registry_push)
 for b in "${benches[@]}"; do
   echo "== bench/$b.py"
   .venv/bin/python "bench/$b.py"

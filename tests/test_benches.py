@@ -58,6 +58,13 @@ def test_deploy_bench_quick():
     assert "per-command overhead" in out
 
 
+@pytest.mark.integration
+def test_registry_push_bench_quick():
+    out = run_bench("registry_push", 600, BENCH_ADMIN_URL=admin_url())
+    assert "strata push" in out and "docker save | ssh load" in out
+    assert "one changed layer (v2)" in out and "(target < 10%)" in out
+
+
 @pytest.mark.e2e
 def test_vm_create_bench_quick():
     out = run_bench("vm_create", 900)
