@@ -230,7 +230,17 @@ def cmd_images(client, args):
     for image in images:
         image["tag_list"] = ",".join(image["tags"]) or "-"
         image["digest_short"] = image["digest"][:19]
-    columns = ["repository", "tag_list", "digest_short", "size", "pushed_by", "pushed_at"]
+        pinning = [f"{r['environment']}/{r['service']} v{r['version']}" for r in image["releases"]]
+        image["used_by"] = ",".join(pinning) or "-"
+    columns = [
+        "repository",
+        "tag_list",
+        "digest_short",
+        "size",
+        "used_by",
+        "pushed_by",
+        "pushed_at",
+    ]
     return emit(args, images, columns)
 
 
@@ -356,6 +366,30 @@ def cmd_secret_rm(client, args):
     return 0
 
 
+def cmd_registry_add(client, args):
+    # The password from stdin, never the command line: argv lands in shell history and `ps`.
+    password = sys.stdin.read().rstrip("\n")
+    body = {"host": args.host, "username": args.username, "password": password}
+    client.request("POST", client.team_path("registries/"), json=body)
+    print(f"registry {args.host} registered: deploy {args.host}/REPOSITORY:TAG")
+    return 0
+
+
+def cmd_registry_list(client, args):
+    listed = client.request("GET", client.team_path("registries/"))["results"]
+    return emit(args, listed, ["host", "username", "added_by", "created_at"])
+
+
+def cmd_registry_rm(client, args):
+    listed = client.request("GET", client.team_path("registries/"))["results"]
+    found = [r for r in listed if r["host"] == args.host.lower()]
+    if not found:
+        raise ApiError(f"host: the team has no registry {args.host}")
+    client.request("DELETE", client.team_path(f"registries/{found[0]['id']}/"))
+    print(f"registry {args.host} removed")
+    return 0
+
+
 def cmd_jobs_list(client, args):
     params = {k: v for k, v in {"state": args.state, "top_level": "true"}.items() if v}
     jobs = client.request("GET", client.team_path("jobs/"), params=params)["results"]
@@ -379,6 +413,7 @@ def parser() -> argparse.ArgumentParser:
     _add_listing_commands(groups, lists)
     _add_release_commands(groups)
     _add_secret_commands(groups, lists)
+    _add_registry_commands(groups, lists)
     _add_job_commands(groups, lists)
     _add_session_commands(groups)
     add_push_command(groups)
@@ -487,6 +522,22 @@ def _add_secret_commands(groups, lists: list) -> None:
             "--scope", choices=["dev", "staging", "prod"], help="every environment of this kind"
         )
         where.add_argument("--env", help="one environment (its own value wins over its kind's)")
+
+
+def _add_registry_commands(groups, lists: list) -> None:
+    registry = groups.add_parser(
+        "registry", help="outside registries the team deploys from"
+    ).add_subparsers(dest="command", required=True)
+    add = registry.add_parser("add", help="register HOST; the password or token on standard input")
+    add.add_argument("host", help="host[:port] as image references name it, e.g. ghcr.io")
+    add.add_argument("--username", required=True)
+    add.set_defaults(run=cmd_registry_add)
+    listing = registry.add_parser("list")
+    listing.set_defaults(run=cmd_registry_list)
+    lists.append(listing)
+    remove = registry.add_parser("rm", help="forget HOST and its login")
+    remove.add_argument("host")
+    remove.set_defaults(run=cmd_registry_rm)
 
 
 def _add_job_commands(groups, lists: list) -> None:

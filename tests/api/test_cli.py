@@ -146,6 +146,39 @@ def test_secrets_from_stdin(live_server, make_team, catalogue):
     assert Secret.objects.get(team=team, name="db-password").scope == "prod"
 
 
+def test_registries_from_stdin(live_server, make_team):
+    team, user = make_team("gamma")
+    _, key = ApiToken.issue(user, "cli")
+    env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
+    env.pop("STRATA_TEAM", None)
+
+    def run(*args, stdin=""):
+        return subprocess.run(
+            [sys.executable, "-m", "cloud.interfaces.cli", *args],
+            env=env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    added = run("registry", "add", "ghcr.io", "--username", "ci", stdin="ghp_secret-token\n")
+    assert added.returncode == 0, added.stderr
+    assert "deploy ghcr.io/REPOSITORY:TAG" in added.stdout
+    from cloud.models import ExternalRegistry
+
+    assert ExternalRegistry.objects.get(team=team).password == "ghp_secret-token"
+    listed = run("registry", "list")
+    assert "ghcr.io" in listed.stdout and "ci" in listed.stdout
+    assert "ghp_secret-token" not in listed.stdout
+    bad = run("registry", "add", "ghcr.io/org", "--username", "ci", stdin="x\n")
+    assert bad.returncode == 2 and "host" in bad.stderr
+    assert run("registry", "rm", "ghcr.io").returncode == 0
+    gone = run("registry", "rm", "ghcr.io")
+    assert gone.returncode == 2 and "no registry ghcr.io" in gone.stderr
+    assert not ExternalRegistry.objects.exists()
+
+
 def test_env_show_services_releases_and_images_for_people_and_scripts(
     live_server, make_team, catalogue
 ):
