@@ -15,6 +15,7 @@ import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import requests
 
@@ -52,15 +53,23 @@ class RegistryLogin:
     password: str = field(repr=False)
 
 
+# Docker Hub's references say docker.io; its registry API answers elsewhere.
+API_HOSTS = {"docker.io": "registry-1.docker.io"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (no port) is this machine: ``localhost`` or 127.0.0.0/8, ::1."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def registry_url(addr: str) -> str:
     """The registry's base URL: plain HTTP on loopback (as Docker's engine
     treats 127.0.0.0/8 and localhost), HTTPS anywhere else."""
     host = addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = False
-    return f"{'http' if loopback else 'https'}://{addr}"
+    return f"{'http' if is_loopback(host) else 'https'}://{API_HOSTS.get(addr, addr)}"
 
 
 def _registry_message(answer: requests.Response) -> str:
@@ -150,8 +159,15 @@ def _answering_challenge(addr: str, repository: str, login: RegistryLogin):
 def _pull_token(addr: str, repository: str, login: RegistryLogin, challenge: dict) -> str:
     """The registry token flow: the realm trades the login for a token to pull ``repository``."""
     realm = challenge.get("realm", "")
-    if not realm.startswith(("https://", "http://")):
-        raise LoginRefused(f"the registry at {addr} names no token realm in its challenge")
+    # The login goes to the realm: never in clear text over a network.
+    if not (
+        realm.startswith("https://")
+        or realm.startswith("http://")
+        and is_loopback(urlsplit(realm).hostname or "")
+    ):
+        raise LoginRefused(
+            f"the registry at {addr} sends its login to {realm!r}, not an https:// token realm"
+        )
     params = {"scope": f"repository:{repository}:pull"}
     if challenge.get("service"):
         params["service"] = challenge["service"]
