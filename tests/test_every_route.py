@@ -63,9 +63,7 @@ def world(make_team):
         "release": Release.objects.get(),
         "token": ApiToken.issue(admin, "walk")[0],
         "image": RegistryImage.objects.get(team=team),
-        "registry": ExternalRegistry.objects.create(
-            team=team, host="registry.example.com", username="ci", password="ci-password"
-        ),
+        "registry": ExternalRegistry.objects.get(team=team),
     }
 
 

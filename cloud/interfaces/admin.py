@@ -6,6 +6,7 @@ from cloud.models import (
     Deployment,
     DeploymentTarget,
     Environment,
+    ExternalRegistry,
     Flavor,
     Host,
     Image,
@@ -140,6 +141,21 @@ class SecretAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         # Secrets are written by teams through the portal; operators see that they exist.
+        return False
+
+
+@admin.register(ExternalRegistry)
+class ExternalRegistryAdmin(admin.ModelAdmin):
+    list_display = ["host", "team", "username", "added_by", "created_at"]
+    list_filter = ["team"]
+    search_fields = ["host", "username"]
+    exclude = ["password"]
+
+    def has_change_permission(self, request, obj=None):
+        # Team admins register logins through the API; operators see that they exist.
+        return False
+
+    def has_add_permission(self, request):
         return False
 
 

@@ -10,6 +10,7 @@ from cloud.models import (
     Deployment,
     DeploymentTarget,
     Environment,
+    ExternalRegistry,
     Flavor,
     Host,
     Image,
@@ -82,4 +83,7 @@ def team_world(team, port: int):
         media_type="application/vnd.oci.image.manifest.v1+json", pushed_at=timezone.now(),
     )
     RegistryTag.objects.create(image=pushed, repository=pushed.repository, tag="1")
+    ExternalRegistry.objects.create(
+        team=team, host="registry.example.com", username="ci", password="ci-password"
+    )
     return env

@@ -5,7 +5,14 @@ from django.apps import apps
 from django.contrib import admin
 from django.urls import reverse
 
-from cloud.models import ConsoleTicket, Orphan, RegistryImage, RegistryTag, VMSample
+from cloud.models import (
+    ConsoleTicket,
+    ExternalRegistry,
+    Orphan,
+    RegistryImage,
+    RegistryTag,
+    VMSample,
+)
 from tenants.models import ApiToken, AuditEvent, Team
 from tests.foundation.factories import team_world
 
@@ -35,9 +42,17 @@ def test_admin_pages_load(admin_client, make_team, model):
     change = admin_client.get(reverse(f"admin:{label}_change", args=[instance.pk]))
     assert change.status_code == 200
     add = admin_client.get(reverse(f"admin:{label}_add"))
-    # Evidence, issued keys, measurements and what the registry reported are not
-    # made by hand in the admin.
-    by_hand_refused = (AuditEvent, ApiToken, VMSample, ConsoleTicket, RegistryImage, RegistryTag)
+    # Evidence, issued keys, measurements, what the registry reported and the
+    # logins teams register are not made by hand in the admin.
+    by_hand_refused = (
+        AuditEvent,
+        ApiToken,
+        VMSample,
+        ConsoleTicket,
+        RegistryImage,
+        RegistryTag,
+        ExternalRegistry,
+    )
     assert add.status_code == (403 if model in by_hand_refused else 200)
 
 

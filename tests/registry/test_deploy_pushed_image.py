@@ -273,7 +273,7 @@ def test_an_image_gone_from_the_registry_after_its_release_fails_at_resolve_imag
     assert job.state == "failed"
     child = Job.objects.get(parent=job)
     assert child.steps.get(state="failed").name == "resolve image"
-    assert f"{reference} is gone from the registry" in child.error
+    assert f"{reference} is gone from the team's registry" in child.error
     assert "manifest unknown" in child.error
 
 
