@@ -65,9 +65,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def strata_url(addr: str) -> str:
+    """Strata's own registry's base URL: plain HTTP, as its configuration serves it."""
+    return f"http://{addr}"
+
+
 def registry_url(addr: str) -> str:
-    """The registry's base URL: plain HTTP on loopback (as Docker's engine
-    treats 127.0.0.0/8 and localhost), HTTPS anywhere else."""
+    """An external registry's base URL: plain HTTP on loopback (as Docker's
+    engine treats 127.0.0.0/8 and localhost), HTTPS anywhere else."""
     host = addr.rsplit(":", 1)[0] if addr.count(":") == 1 else addr
     return f"{'http' if is_loopback(host) else 'https'}://{API_HOSTS.get(addr, addr)}"
 
@@ -104,15 +109,17 @@ def _login_refused(addr: str, answer: requests.Response) -> Exception:
 
 def _call(
     method: str,
+    base: str,
     addr: str,
     repository: str,
     reference: str,
     authorization: Callable[[requests.Response | None], str],
     refused: Callable[[str, requests.Response], Exception],
 ):
-    """``method`` on the manifest, with the Authorization header ``authorization``
-    makes (given the registry's 401 answer, once it has sent one)."""
-    url = f"{registry_url(addr)}/v2/{repository}/manifests/{reference}"
+    """``method`` on the manifest at the registry's ``base`` URL, with the
+    Authorization header ``authorization`` makes (given the registry's 401
+    answer, once it has sent one)."""
+    url = f"{base}/v2/{repository}/manifests/{reference}"
     headers = {"Accept": ", ".join(MANIFEST_TYPES)}
     first = authorization(None)
     answer = _send(
@@ -207,7 +214,9 @@ def _manifest(url: str, answer: requests.Response, reference: str) -> tuple[str,
 def fetch_manifest(addr: str, repository: str, reference: str, bearer: str) -> tuple[str, dict]:
     """(digest, manifest) of ``repository`` at ``reference`` (a tag or a digest)
     in Strata's registry, asked with Strata's token ``bearer``."""
-    url, answer = _call("GET", addr, repository, reference, _bearer(bearer), _strata_refused)
+    url, answer = _call(
+        "GET", strata_url(addr), addr, repository, reference, _bearer(bearer), _strata_refused
+    )
     return _manifest(url, answer, reference)
 
 
@@ -217,7 +226,9 @@ def fetch_manifest_with_login(
     """(digest, manifest) of ``repository`` at ``reference`` in an external
     registry, asked with the team's ``login``; LoginRefused when it is refused."""
     authorization = _answering_challenge(addr, repository, login)
-    url, answer = _call("GET", addr, repository, reference, authorization, _login_refused)
+    url, answer = _call(
+        "GET", registry_url(addr), addr, repository, reference, authorization, _login_refused
+    )
     return _manifest(url, answer, reference)
 
 
@@ -239,7 +250,9 @@ def delete_manifest(addr: str, repository: str, digest: str, bearer: str) -> Non
     """Delete ``repository@digest`` and so every tag on it (the blobs stay until
     the registry's garbage collection); an absent one is already deleted."""
     try:
-        url, answer = _call("DELETE", addr, repository, digest, _bearer(bearer), _strata_refused)
+        url, answer = _call(
+            "DELETE", strata_url(addr), addr, repository, digest, _bearer(bearer), _strata_refused
+        )
     except ImageNotInRegistry:
         return
     if answer.status_code != 202:
