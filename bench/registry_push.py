@@ -291,8 +291,8 @@ class SshLoadTarget:
         self.daemon.stop()
 
 
-def mib(count: int) -> str:
-    return f"{count / 2**20:.2f}"
+def kib(count: int) -> str:
+    return f"{count / 1024:,.1f}"
 
 
 def main() -> int:
@@ -342,31 +342,31 @@ def main() -> int:
             local.close()
 
     rows = [
-        ["strata push", "first (v1)", mib(first[0]), f"{first[1]:.2f}", first[2]],
-        ["strata push", "one changed layer (v2)", mib(second[0]), f"{second[1]:.2f}", second[2]],
+        ["strata push", "first (v1)", kib(first[0]), f"{first[1]:.2f}", first[2]],
+        ["strata push", "one changed layer (v2)", kib(second[0]), f"{second[1]:.2f}", second[2]],
         [
             "docker save | ssh load",
             "first (v1)",
-            mib(loaded_first[0]),
+            kib(loaded_first[0]),
             f"{loaded_first[1]:.2f}",
             "",
         ],
         [
             "docker save | ssh load",
             "one changed layer (v2)",
-            mib(loaded_second[0]),
+            kib(loaded_second[0]),
             f"{loaded_second[1]:.2f}",
             "",
         ],
     ]
     table(
-        f"an image of a {mib(size)} MiB random layer plus a page; v2 changes the page",
-        ["way", "transfer", "MiB sent", "seconds", "strata push said"],
+        f"an image of a {size // 2**20} MiB random layer plus a page; v2 changes the page",
+        ["way", "transfer", "KiB sent", "seconds", "strata push said"],
         rows,
     )
     ratio = second[0] / first[0]
     print(
-        f"\nstrata push, second / first: {ratio:.1%} of the bytes "
+        f"\nstrata push, second / first: {ratio:.2%} of the bytes "
         f"(target < 10%), {second[1] / first[1]:.1%} of the time; "
         f"docker save | ssh load sends {loaded_second[0] / second[0]:.0f}x the bytes for v2"
     )
