@@ -291,11 +291,7 @@ def _roll_out(
     require_resolvable(env, release.spec.get("secret_env", {}))
     vms = _running_vms(env)
     try:
-        shares = spread_replicas(
-            replicas,
-            [str(vm.pk) for vm in vms],
-            max_per_target=1 if release.spec["ports"] else None,
-        )
+        shares = spread_replicas(replicas, [str(vm.pk) for vm in vms])
     except InvalidSpec as exc:
         raise ValidationError({"replicas": [str(exc)]}) from exc
     deployment = Deployment.objects.create(environment=env, release=release)

@@ -30,6 +30,7 @@ from .errors import (
     SSHAuthFailed,
     SSHUnreachable,
 )
+from .guest_proxy import GuestProxy, ProxyNotRunning, ProxyStartFailed
 from .images import PushResult, RegistryAuth, chain_ids, pull_image, push_image
 from .placement import spread_replicas
 from .rollout import RolloutReport, StepRecord, roll_out
@@ -50,11 +51,14 @@ __all__ = [
     "ContainerInfo",
     "ContainerStats",
     "Endpoint",
+    "GuestProxy",
     "HealthCheck",
     "HealthCheckFailed",
     "HostKeyMismatch",
     "ImageShipFailed",
     "InvalidSpec",
+    "ProxyNotRunning",
+    "ProxyStartFailed",
     "PushResult",
     "RegistryAuth",
     "RemoteError",

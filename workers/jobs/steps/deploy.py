@@ -40,7 +40,7 @@ from workers.drivers.guest import (
 from workers.drivers.guest.references import parse_reference
 from workers.drivers.guest.rollout import withdraw
 from workers.jobs import engine as jobs
-from workers.jobs.adapters import connect, domain_spec, forward_port, hypervisor
+from workers.jobs.adapters import connect, domain_spec, forward_port, guest_proxy, hypervisor
 from workers.jobs.engine import Plan, Step, StepContext, UserError, register
 from workers.jobs.steps.vm import vm_of
 
@@ -174,6 +174,7 @@ def run_rollout(ctx: StepContext, vm, release: Release, replicas: int) -> Rollou
             release_id(release),
             local_engine=local_engine(),
             health_seconds=settings.STRATA_ROLLOUT_HEALTH_SECONDS,
+            proxy=guest_proxy(),
             log=logging.getLogger(f"strata.deploy.{ctx.job.pk}"),
         )
     except RolloutFailed as exc:
@@ -186,8 +187,8 @@ def run_rollout(ctx: StepContext, vm, release: Release, replicas: int) -> Rollou
         raise
     for step in report.steps:
         ctx.log(f"{step.name}: {step.detail} ({step.seconds:.2f} s)")
-    if report.switch_seconds is not None:
-        ctx.log(f"port switch took {report.switch_seconds:.3f} s")
+    if report.proxy is not None:
+        ctx.log(f"guest proxy: {report.proxy}")
     return report
 
 
