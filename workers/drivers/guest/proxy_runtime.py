@@ -253,10 +253,11 @@ class MasterCLI:
 def admit_replicas(
     api: RuntimeAPI, service: Service, new: Sequence[Replica], health_timeout: float = 60.0
 ) -> None:
-    """Add ``new`` replicas held back and give each traffic once it passed ``rise`` checks.
+    """Add ``new`` replicas held back and give them traffic once every one
+    passed ``rise`` checks.
 
     If one never becomes healthy every new one is removed again, so what
-    served before keeps serving alone (ProxyTimeout). Re-running after a
+    served before keeps serving alone (ProxyTimeout naming it). Re-running after a
     crash halfway is safe: a replica already added is not added again.
     """
     current = api.servers(service.name)
@@ -266,15 +267,26 @@ def admit_replicas(
         elif current[replica.name].status == "MAINT":
             # An earlier run stopped between adding the server and enabling it.
             api.hold_back(service.name, replica.name)
-    # One deadline for all: they were added together and check in parallel.
-    deadline = time.monotonic() + health_timeout
+    names = [replica.name for replica in new]
     try:
-        for replica in new:
-            api.admit_replica(service.name, replica.name, max(0.0, deadline - time.monotonic()))
+        # None takes traffic before all are up: they go in together or not at all.
+        api.wait_until(
+            service.name,
+            lambda servers: all(name in servers and servers[name].up for name in names),
+            health_timeout,
+            "new replicas did not pass their health check",
+        )
     except ProxyTimeout:
-        for replica in new:
-            api.remove_replica(service.name, replica.name)
-        raise
+        servers = api.servers(service.name)
+        down = [name for name in names if name not in servers or not servers[name].up]
+        for name in names:
+            api.remove_replica(service.name, name)
+        raise ProxyTimeout(
+            f"{service.name}: {', '.join(down)} did not pass its health check"
+            f" within {health_timeout:g} s"
+        ) from None
+    for name in names:
+        api.admit_replica(service.name, name, health_timeout)
 
 
 def drain_replicas(
