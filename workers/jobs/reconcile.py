@@ -45,11 +45,13 @@ from cloud.models import (
 from cloud.models.states import JOB_MACHINE
 from tenants.models import AuditEvent
 from workers.drivers.guest import RemoteError, list_containers, remove_container
+from workers.drivers.guest.guest_proxy import UNCHANGED
 from workers.drivers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeKind
 from workers.drivers.hypervisor.spec import NETWORK_NAME_PREFIX
 from workers.jobs.adapters import connect, guest_proxy, host_hypervisor
 from workers.jobs.host_support import record_virt_support
 from workers.jobs.queue import enqueue
+from workers.jobs.steps.deploy import note_proxy_restart
 from workers.jobs.steps.segment import repair_records
 from workers.jobs.steps.vm_ops import STATE_OF_DOMAIN, record_state
 
@@ -278,13 +280,10 @@ def _reconcile_proxy(vm: VirtualMachine) -> int:
     except RemoteError as exc:
         log.warning("cannot bring back the proxy of %s: %s", vm, exc)
         return 0
-    if outcome == "unchanged":
+    if outcome == UNCHANGED:
         return 0
     log.warning("proxy of %s: %s", vm, outcome)
-    if not outcome.startswith("restarted"):
-        return 0
-    AuditEvent.record("proxy.restarted", team=vm.environment.team, target=vm, outcome=outcome)
-    return 1
+    return int(note_proxy_restart(vm, outcome))
 
 
 def _own_orphans(hv: Hypervisor, domains: dict, volumes: list, vms: dict) -> dict:

@@ -54,6 +54,14 @@ SOCKET_TIMEOUT_SECONDS = 5.0
 START_TIMEOUT_SECONDS = 10.0
 LOG_TAIL_BYTES = 2000
 
+# What GuestProxy.sync did.
+NOT_NEEDED = "not needed: no service with published ports"
+STARTED = "started"
+RESTARTED = "restarted: it was not running"  # it ran before: killed, or the guest rebooted
+UNCHANGED = "unchanged"
+WRITTEN = "written"  # only server lines changed, which the runtime API had done
+RELOADED = "reloaded"
+
 # The guest's python3 talks to a UNIX socket: argv is (path, command,
 # timeout); exit 3 when nothing listens there.
 _SOCKET_CLIENT = """
@@ -190,11 +198,11 @@ class GuestProxy:
     ) -> str:
         """Make the guest's HAProxy front the running replicas ``include`` keeps.
 
-        Starts HAProxy when it is not running (answering ``restarted`` when a
-        configuration shows it ran before: it was killed or died). Otherwise
-        a changed file is loaded by a hitless reload, except, without
-        ``reload_for_servers``, when only its server lines changed: the
-        runtime API already made those changes. Returns what it did.
+        Starts HAProxy when it is not running (RESTARTED when a configuration
+        shows it ran before: it was killed or died). Otherwise a changed file
+        is loaded by a hitless reload, except, without ``reload_for_servers``,
+        when only its server lines changed: the runtime API already made
+        those changes. Returns what it did (one of the constants above).
         """
         replicas = [
             c
@@ -205,20 +213,20 @@ class GuestProxy:
         before = self._read(ssh, self.config_path)
         if not self.running(ssh):
             if not replicas and not before and listening is None:
-                return "not needed: no service with published ports"
+                return NOT_NEEDED
             self._install(ssh, text)
             self._start(ssh)
-            return "restarted: it was not running" if before else "started"
+            return RESTARTED if before else STARTED
         if text == before:
-            return "unchanged"
+            return UNCHANGED
         self._install(ssh, text)
         if not reload_for_servers and _sections(text) == _sections(before):
-            return "written"
+            return WRITTEN
         self.api(ssh).save_server_state(
             lambda state: self._write(ssh, self.path("server-state"), state)
         )
         self.master(ssh).reload()
-        return "reloaded"
+        return RELOADED
 
     def _read(self, ssh: SSHConnection, path: str) -> str:
         result = ssh.run(["cat", "--", path], check=False)

@@ -28,6 +28,7 @@ from cloud.models import (
     Release,
     Secret,
 )
+from tenants.models import AuditEvent
 from workers.drivers.guest import (
     HealthCheck,
     InvalidSpec,
@@ -37,6 +38,7 @@ from workers.drivers.guest import (
     list_containers,
     roll_out,
 )
+from workers.drivers.guest.guest_proxy import RESTARTED
 from workers.drivers.guest.references import parse_reference
 from workers.drivers.guest.rollout import withdraw
 from workers.jobs import engine as jobs
@@ -189,7 +191,16 @@ def run_rollout(ctx: StepContext, vm, release: Release, replicas: int) -> Rollou
         ctx.log(f"{step.name}: {step.detail} ({step.seconds:.2f} s)")
     if report.proxy is not None:
         ctx.log(f"guest proxy: {report.proxy}")
+        note_proxy_restart(vm, report.proxy)
     return report
+
+
+def note_proxy_restart(vm, outcome: str) -> bool:
+    """Audit a guest proxy found dead and started again (by a rollout or the reconciler)."""
+    if outcome != RESTARTED:
+        return False
+    AuditEvent.record("proxy.restarted", team=vm.environment.team, target=vm, outcome=outcome)
+    return True
 
 
 def roll_out_release(ctx: StepContext) -> None:
