@@ -25,6 +25,7 @@ from workers.drivers.guest import (
     spread_replicas,
 )
 from workers.drivers.guest import rollout as rollout_module
+from workers.drivers.guest.rollout import withdraw
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +255,20 @@ def test_rollout_without_ports_starts_new_beside_old(
         replicas=1,
     )
     assert serving(clean_host_engine, "svc-worker") == [("r2", "serving", "running")]
+
+
+def test_withdrawing_a_first_release_closes_its_published_port(
+    clean_host_engine, connection, web, local_engine, guest_proxy
+):
+    spec, port = web
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
+    assert withdraw(connection, spec.service_id, "r1", guest_proxy) == (
+        "removed 1 container(s) of r1; proxy reloaded"
+    )
+    assert list_containers(clean_host_engine, service_id="svc-web") == []
+    assert f":{port}" not in Path(guest_proxy.config_path).read_text()
+    with pytest.raises(ConnectionRefusedError):
+        get_body(port)
 
 
 def test_a_published_port_another_process_holds_fails_before_anything_starts(

@@ -298,14 +298,20 @@ class _HealthClock:
             ) from exc
 
 
-def withdraw(ssh: SSHConnection, service_id: str, release_id: str) -> str:
+def withdraw(
+    ssh: SSHConnection, service_id: str, release_id: str, proxy: GuestProxy | None = None
+) -> str:
     """Remove every container of ``release_id`` of the service (the way back
-    from a first release, when nothing served before it)."""
+    from a first release, when nothing served before it), and its published
+    ports from the guest's HAProxy (``proxy``: the guest's own when None)."""
     engine = ssh.docker()
     ours = list_containers(engine, service_id=service_id, release_id=release_id)
     for container in ours:
         remove_container(engine, container.id)
-    return f"removed {len(ours)} container(s) of {release_id}"
+    done = f"removed {len(ours)} container(s) of {release_id}"
+    if any(container.proxy for container in ours):
+        done += f"; proxy {(proxy or GuestProxy()).sync(ssh, engine)}"
+    return done
 
 
 def _health_or_remove(health: _HealthClock, container_ids, previous, step_name) -> str:

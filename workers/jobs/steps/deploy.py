@@ -338,7 +338,9 @@ def revert_release(ctx: StepContext) -> None:
     previous_id = Job.objects.get(pk=ctx.job.parent_id).params["release"]
     if previous_id is None:
         service_id = str(deployment.release.service_id)
-        ctx.log(withdraw(connect(vm), service_id, release_id(deployment.release)))
+        ctx.log(
+            withdraw(connect(vm), service_id, release_id(deployment.release), guest_proxy())
+        )
         return
     previous = Release.objects.select_related("service").get(pk=previous_id)
     try:
