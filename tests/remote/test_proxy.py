@@ -81,6 +81,8 @@ def sample_config(**overrides) -> ProxyConfig:
             Service("db", 5432, (Replica("db-1", "10.77.1.12", 5432),), protocol="tcp"),
         ),
         bind_addresses=("10.77.1.10", "172.17.0.1"),
+        runtime_socket="/var/lib/strata-proxy/admin.sock",
+        state_file="/var/lib/strata-proxy/server-state",
     )
     values.update(overrides)
     return ProxyConfig(**values)
@@ -90,7 +92,8 @@ def test_rendered_config_has_health_checks_runtime_api_and_master_worker():
     text = render_config(sample_config())
     lines = [line.strip() for line in text.splitlines()]
     assert "master-worker" in lines
-    assert "stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners" in lines
+    socket = "/var/lib/strata-proxy/admin.sock"
+    assert f"stats socket {socket} mode 600 level admin expose-fd listeners" in lines
     assert "load-server-state-from-file global" in lines
     api = text[text.index("listen api") : text.index("listen db")]
     assert "bind 10.77.1.10:8080" in api and "bind 172.17.0.1:8080" in api
@@ -122,6 +125,10 @@ def test_haproxy_accepts_every_rendered_shape(haproxy):
         assert checked.returncode == 0, checked.stderr
     assert haproxy_argv("/etc/haproxy/haproxy.cfg", "/run/haproxy-master.sock") == [
         "haproxy", "-W", "-f", "/etc/haproxy/haproxy.cfg", "-S", "/run/haproxy-master.sock"
+    ]  # fmt: skip
+    # In the background, as a guest runs it: the master writes its pid.
+    assert haproxy_argv("/p/haproxy.cfg", "/p/master.sock", "/p/haproxy.pid")[-3:] == [
+        "-D", "-p", "/p/haproxy.pid"
     ]  # fmt: skip
 
 

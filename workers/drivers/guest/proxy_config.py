@@ -29,9 +29,6 @@ SERVER_STATES = ("ready", "drain", "maint")
 MAX_MILLISECONDS = 3_600_000
 MAX_CHECK_COUNT = 100
 MAX_CONNECTIONS = 1_000_000
-GUEST_CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
-GUEST_RUNTIME_SOCKET = "/run/haproxy/admin.sock"
-GUEST_STATE_FILE = "/var/lib/haproxy/server-state"
 
 
 class ProxyConfigError(RemoteError):
@@ -171,8 +168,9 @@ class ProxyConfig:
 
     services: tuple[Service, ...]
     bind_addresses: tuple[str, ...]
-    runtime_socket: str = GUEST_RUNTIME_SOCKET
-    state_file: str = GUEST_STATE_FILE
+    # Where the guest keeps them: guest_proxy.GuestProxy says.
+    runtime_socket: str
+    state_file: str
     max_connections: int = 4096
     connect_timeout_ms: int = 2000
     client_timeout_ms: int = 30000
