@@ -321,6 +321,8 @@ def test_a_release_id_haproxy_cannot_name_is_refused_before_anything_runs(connec
     with pytest.raises(InvalidSpec) as caught:
         roll_out(connection, spec, "r_1")
     assert caught.value.field == "release_id"
+    with pytest.raises(InvalidSpec):
+        roll_out(connection, spec, "R1")  # a server name is a DNS label: lower case
 
 
 def test_failed_ship_is_reported_as_a_rollout_failure(

@@ -119,7 +119,7 @@ def ssh_socket_transport(
 
 
 def server_name(release_id: str, replica: int) -> str:
-    return f"{release_id}-{replica}".lower()
+    return f"{release_id}-{replica}"
 
 
 def listen_name(service: str, listen_port: int) -> str:
