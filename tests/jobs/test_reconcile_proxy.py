@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness.guest_servers import free_loopback_port
-from cloud.models import Job, Service
+from cloud.models import Job, Service, VirtualMachine
 from tenants.models import AuditEvent
 from workers.drivers.guest import HealthCheck, ServiceSpec, roll_out
 from workers.jobs.adapters import connect, guest_proxy
@@ -83,3 +83,12 @@ def test_a_vm_without_published_ports_gets_no_proxy(sshd_guest):
     assert reconcile_host(vm.host_id)["proxies_restarted"] == 0
     assert not guest_proxy().running(connect(vm))
     assert not Path(guest_proxy().config_path).exists()
+
+
+def test_an_unreachable_guest_is_left_for_the_next_pass(sshd_guest, caplog):
+    vm, _engine, _image = sshd_guest
+    idle(vm)
+    VirtualMachine.objects.filter(pk=vm.pk).update(ssh_port=free_loopback_port())
+    assert reconcile_host(vm.host_id)["proxies_restarted"] == 0
+    assert "cannot bring back the proxy" in caplog.text
+    assert not AuditEvent.objects.filter(action="proxy.restarted").exists()

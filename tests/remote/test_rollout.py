@@ -24,6 +24,7 @@ from workers.drivers.guest import (
     roll_out,
     spread_replicas,
 )
+from workers.drivers.guest import guest_proxy as guest_proxy_module
 from workers.drivers.guest import rollout as rollout_module
 from workers.drivers.guest.rollout import withdraw
 
@@ -269,6 +270,27 @@ def test_withdrawing_a_first_release_closes_its_published_port(
     assert f":{port}" not in Path(guest_proxy.config_path).read_text()
     with pytest.raises(ConnectionRefusedError):
         get_body(port)
+
+
+def test_a_configuration_haproxy_refuses_is_never_installed(
+    clean_host_engine, connection, web, web_images, local_engine, guest_proxy, monkeypatch
+):
+    spec, port = web
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
+    installed = Path(guest_proxy.config_path).read_text()
+    real_render = guest_proxy_module.render_config
+    # Fault injection: a configuration HAProxy's own check refuses.
+    monkeypatch.setattr(
+        guest_proxy_module, "render_config", lambda config: real_render(config) + "bogus 1\n"
+    )
+    second = dataclasses.replace(spec, image=web_images[1], ports={port: 8080, port + 1: 8080})
+    with pytest.raises(RolloutFailed) as caught:
+        roll_out(connection, second, "r2", local_engine=local_engine, proxy=guest_proxy)
+    assert caught.value.step == "proxy" and caught.value.serving_release == "r1"
+    assert "haproxy refused the configuration" in caught.value.reason
+    assert Path(guest_proxy.config_path).read_text() == installed
+    assert get_body(port) == "release one\n"
+    assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
 
 
 def test_a_published_port_another_process_holds_fails_before_anything_starts(
