@@ -8,8 +8,8 @@ count, two scenarios are timed:
 - update: release r2 (r1 plus one small layer) replacing r1.
 
 Strata runs ``roll_out`` on all targets in parallel over pooled connections
-(registry-less push sending only missing layers, candidate, health check,
-switch, stop old, prune).  The baseline is what a shell script would do: a
+(registry-less push sending only missing layers, new replica beside the
+old, health check, stop old, prune).  The baseline is what a shell script would do: a
 sequential loop of ``docker -H ssh://...`` commands with the same steps
 (``docker save | docker load``, run candidate, exec a health probe until it
 answers, remove candidate, stop old, run new, probe, remove old).

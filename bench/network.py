@@ -8,7 +8,8 @@ kept-alive one. Target: under 1 ms added at the median.
 Rollouts: a client sends 20 requests/s on new connections while the replica
 behind the name is replaced, by the runtime API (add, wait healthy, drain,
 remove) and by a hitless reload through the master CLI. Target: 0 failed requests.
-Today's rollout switches a published port and refuses requests for 5-6 s.
+Rollouts take the first path through each guest's HAProxy (rollout.py); the
+stop-and-start port switch they replaced refused requests for 5-6 s.
 
 Needs haproxy (scripts/install-system.sh):
     .venv/bin/python bench/network.py [--quick]   (--quick: fewer requests, one rollout each)

@@ -280,6 +280,12 @@ STRATA_DOCKER_READY_SECONDS = int(os.environ.get("STRATA_DOCKER_READY_SECONDS", 
 # The longest one rollout on one VM may wait for its containers to turn healthy,
 # over all its replicas and checks: a release not healthy by then is rolled back.
 STRATA_ROLLOUT_HEALTH_SECONDS = float(os.environ.get("STRATA_ROLLOUT_HEALTH_SECONDS", "180"))
+# Each guest's HAProxy, which owns the published ports: its directory in the
+# guest and the address the published ports face there (empty: the guest's
+# own, /var/lib/strata-proxy and 0.0.0.0). Tests whose "guest" is this
+# machine give a directory of their own and 127.0.0.1.
+STRATA_GUEST_PROXY_DIR = os.environ.get("STRATA_GUEST_PROXY_DIR", "")
+STRATA_GUEST_PUBLISH_ADDRESS = os.environ.get("STRATA_GUEST_PUBLISH_ADDRESS", "")
 # Image references every team may deploy (fnmatch patterns such as busybox:* or
 # mirror.example/*, separated by spaces or commas), besides the team's own <team>/...
 STRATA_IMAGE_ALLOWLIST = os.environ.get("STRATA_IMAGE_ALLOWLIST", "").replace(",", " ").split()

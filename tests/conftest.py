@@ -61,10 +61,13 @@ def worker_factory(request):
 
 
 @pytest.fixture
-def sshd_guest(tmp_path, make_team):
+def sshd_guest(tmp_path, make_team, settings, monkeypatch):
     """A running VM record whose "guest" is a real sshd on loopback in front of
     the host's dockerd, so container work runs for real without booting a VM.
-    Yields (vm, host engine, web image tag); its domain lives on the test driver."""
+    Its HAProxy runs here as the guest would run it, from a directory of its
+    own and on loopback (settings, and the environment of workers started
+    later). Yields (vm, host engine, web image tag); its domain lives on the
+    test driver."""
     import docker
 
     from bench.harness.guest_servers import (
@@ -74,6 +77,7 @@ def sshd_guest(tmp_path, make_team):
         new_ed25519_key,
         remove_web_images,
     )
+    from bench.harness.proxy_servers import guest_proxy_directory, stop_guest_proxy
     from cloud.models import VirtualMachine
     from tests.foundation.factories import team_world
     from tests.hypervisor.conftest import TEST_DATA_DIR, make_spec
@@ -81,6 +85,13 @@ def sshd_guest(tmp_path, make_team):
     from workers.drivers.hypervisor import Hypervisor
     from workers.jobs.keys import manager_keypair
 
+    proxy_directory = guest_proxy_directory()
+    for name, value in {
+        "STRATA_GUEST_PROXY_DIR": proxy_directory,
+        "STRATA_GUEST_PUBLISH_ADDRESS": "127.0.0.1",
+    }.items():
+        setattr(settings, name, value)
+        monkeypatch.setenv(name, value)
     manager = manager_keypair()
     host_key = new_ed25519_key()
     sshd = Sshd(
@@ -105,5 +116,6 @@ def sshd_guest(tmp_path, make_team):
     for container in engine.containers.list(all=True, filters=ours):
         container.remove(force=True)
     remove_web_images(engine, images)
+    stop_guest_proxy(proxy_directory)
     hv.close()
     sshd.stop()

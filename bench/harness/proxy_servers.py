@@ -4,6 +4,7 @@ and a bounded load generator that counts failed requests."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import os
@@ -163,6 +164,36 @@ class Haproxy:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+def guest_proxy_directory() -> str:
+    """A directory for a guest's HAProxy run on this machine (UNIX socket
+    paths are limited to 108 bytes: kept short, under /tmp)."""
+    return tempfile.mkdtemp(prefix="strata-guest-proxy-", dir="/tmp")
+
+
+def stop_guest_proxy(directory: str) -> None:
+    """Stop the HAProxy a GuestProxy in ``directory`` started, and remove it all."""
+    pid_file = Path(directory, "haproxy.pid")
+    if pid_file.exists():
+        # The master's pid; its workers end with it.
+        for line in pid_file.read_text().split():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(line), signal.SIGKILL)
+    # Workers notice their master is gone and exit; wait until none holds the directory.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _processes_using(directory):
+        time.sleep(0.05)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _processes_using(directory: str) -> bool:
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if directory in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    return True
+    return False
+
+
 def free_port() -> int:
     return find_free_loopback_ports(1)[0]
 
@@ -206,6 +237,11 @@ class Load:
                     self.result.answered_by[body] += 1
             next_send += self.interval
             self._stop.wait(max(0.0, next_send - time.monotonic()))
+
+    def wait_for_answers(self, sent: int) -> None:
+        """Until ``sent`` requests went out (bounded by the load's own time)."""
+        while self.result.sent < sent and self._thread.is_alive():
+            time.sleep(self.interval)
 
     def __enter__(self) -> Load:
         self._thread.start()

@@ -125,10 +125,15 @@ def watch(client: Client, job_url: str, interval: float, out=sys.stdout) -> int:
 
 
 def print_table(rows: list[dict], columns: list[str], out=sys.stdout) -> None:
-    widths = {c: max([len(c)] + [len(str(r.get(c, ""))) for r in rows]) for c in columns}
-    out.write("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip() + "\n")
-    for row in rows:
-        out.write("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip() + "\n")
+    cells = [["-" if row.get(c) is None else str(row.get(c)) for c in columns] for row in rows]
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+    out.write(
+        "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip() + "\n"
+    )
+    for line in cells:
+        out.write(
+            "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() + "\n"
+        )
 
 
 def emit(args, rows: list[dict], columns: list[str], out=sys.stdout) -> int:

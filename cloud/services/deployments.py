@@ -31,6 +31,7 @@ from cloud.models import (
 from tenants.models import AuditEvent, slug_name
 from workers.drivers.guest import InvalidSpec, spread_replicas
 from workers.drivers.guest.containers import HEALTH_LIMITS
+from workers.drivers.guest.proxy_config import HEALTH_PATH_PATTERN as PROXY_HEALTH_PATH
 from workers.drivers.guest.references import ImageReference, parse_reference
 from workers.drivers.hypervisor.spec import SSH_GUEST_PORT
 from workers.drivers.registry import (
@@ -283,6 +284,14 @@ def validate_spec(spec: dict, team) -> dict:
     elif health:
         for problem in _health_errors(health):
             bad("healthcheck", problem)
+    if (
+        "healthcheck" not in errors
+        and ports
+        and health.get("type") == "http"
+        and not PROXY_HEALTH_PATH.fullmatch(health["path"])
+    ):
+        # The guest's HAProxy, which owns published ports, checks the same path.
+        bad("healthcheck", "behind published ports the path holds only letters, digits, . _ ~ / -")
     if errors:
         raise ValidationError(errors)
     return {
@@ -346,11 +355,7 @@ def _roll_out(
     require_resolvable(env, release.spec.get("secret_env", {}))
     vms = _running_vms(env)
     try:
-        shares = spread_replicas(
-            replicas,
-            [str(vm.pk) for vm in vms],
-            max_per_target=1 if release.spec["ports"] else None,
-        )
+        shares = spread_replicas(replicas, [str(vm.pk) for vm in vms])
     except InvalidSpec as exc:
         raise ValidationError({"replicas": [str(exc)]}) from exc
     deployment = Deployment.objects.create(environment=env, release=release)

@@ -35,7 +35,6 @@ def container_without_worker(sshd_guest):
         service_id=str(container.service_id),
         environment_id=str(vm.environment_id),
         command=("sh", "-c", f"echo '{PRINTED}'; sleep 600"),
-        publish_address="127.0.0.1",
     )
     Container.objects.filter(pk=container.pk).update(engine_id=start_container(engine, spec, "v1"))
     return container, queue

@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -186,19 +189,35 @@ def relay_for(request):
 
 
 @pytest.fixture
-def shell_relay_for(request):
-    """Start a host's shell relay, with the manager's key; stopped after the test."""
-    from workers.console.shells import ShellRelay
-    from workers.drivers.guest.ssh import load_private_key
-    from workers.jobs.keys import manager_keypair
+def relay_process(request):
+    """``manage.py console_relay HOST`` as `make run` starts it, on the test
+    database; ``start(host)`` returns once both of its relays listen."""
+    from django.db import connection
 
-    def start(host_name: str, **relay_options) -> RelayThread:
-        key = load_private_key(manager_keypair().private_openssh)
-        relay = RelayThread(
-            lambda layer: ShellRelay(layer, host_name, lambda: key, **relay_options)
-        ).start()
-        request.addfinalizer(relay.close)
-        return relay
+    from bench.harness.celery_workers import REPO, database_url
+
+    def start(host_name: str) -> subprocess.Popen:
+        log = open(Path(tempfile.mkdtemp()) / "relay.log", "w+b")  # noqa: SIM115 - closed below
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "console_relay", host_name],
+            cwd=REPO,
+            env={**os.environ, "DATABASE_URL": database_url(connection.settings_dict)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def stop() -> None:
+            process.terminate()
+            process.wait(15)
+            log.close()
+
+        request.addfinalizer(stop)
+        deadline = time.monotonic() + 30
+        while b"shell relay listening" not in Path(log.name).read_bytes():
+            assert process.poll() is None, Path(log.name).read_text()
+            assert time.monotonic() < deadline, "the relay did not start"
+            time.sleep(0.1)
+        return process
 
     return start
 

@@ -1,7 +1,7 @@
 """`strata ssh`, `exec` and `logs` against the real stack: the CLI as a
 subprocess, uvicorn serving cloud.asgi, the Redis channel layer, the host's
-shell relay with the manager's key, a real sshd on the VM's pinned host key
-and real containers in the host's dockerd."""
+relay process as `make run` starts it (with the manager's key), a real sshd
+on the VM's pinned host key and real containers in the host's dockerd."""
 
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ REPLICA_COMMAND = ["sh", "-c", f"echo started password={SECRET}; exec sleep 1000
 
 
 @pytest.fixture
-def shell_world(sshd_guest, asgi_server, shell_relay_for, django_user_model):
+def shell_world(sshd_guest, asgi_server, relay_process, django_user_model):
     """The sshd_guest VM with two running replicas of ``web``, a viewer, an
     outsider, and a dev secret; the CLI's environment for each user."""
     vm, engine, image = sshd_guest
     team = vm.environment.team
-    shell_relay_for(vm.host.name)
+    relay_process(vm.host.name)
     service = Service.objects.get(environment=vm.environment, name="web")
     Service.objects.filter(pk=service.pk).update(replicas=2)
     release = service.releases.get()

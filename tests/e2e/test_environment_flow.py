@@ -2,10 +2,12 @@
 libvirt with real TCG guests, Docker inside them over pinned SSH.
 
 A dev environment with one VM is created, a web service deployed and reached
-over HTTP through its loopback forward, a second release rolled out, a broken
-third one rolled back; an internal service is promoted to a staging
-environment and scaled to two replicas; both environments are destroyed and
-nothing is left in libvirt, the data directory or the host's Docker.
+over HTTP through its loopback forward, a second release rolled out through
+the guest's HAProxy under load with no failed request, a broken third one
+rolled back, the service scaled to three replicas on its one VM; an internal
+service is promoted to a staging environment and scaled to two replicas; both
+environments are destroyed and nothing is left in libvirt, the data directory
+or the host's Docker.
 """
 
 import urllib.request
@@ -13,7 +15,8 @@ import urllib.request
 import pytest
 from django.conf import settings
 
-from cloud.models import Deployment, PortForward, Release, VirtualMachine
+from bench.harness.proxy_servers import Load
+from cloud.models import Container, Deployment, PortForward, Release, VirtualMachine
 from cloud.services import deployments, environments
 from tests.e2e.conftest import job_report, wait_for_job
 
@@ -67,7 +70,10 @@ def test_environment_lifecycle(
         port = PortForward.objects.get(vm=dev_vm, guest_port=8080).host_port
         assert http_get(port) == "release one"
 
-        succeeded(deploy_web(v2))
+        with Load(port, rate=20, max_seconds=JOB_TIMEOUT) as load:
+            succeeded(deploy_web(v2))
+        assert load.result.failed == 0, load.result.errors
+        assert {body.strip() for body in load.result.answered_by} == {"release one", "release two"}
         assert http_get(port) == "release two"
 
         broken = wait_for_job(
@@ -79,6 +85,13 @@ def test_environment_lifecycle(
         assert broken.state == "failed" and "rolled back" in broken.error
         assert Deployment.objects.get(pk=broken.params["deployment"]).state == "rolled_back"
         assert http_get(port) == "release two"
+
+        succeeded(
+            deployments.scale(user=user, team=team, env_id=dev.pk, service_name="web", replicas=3)
+        )
+        web = Container.objects.filter(vm=dev_vm, service__name="web", state="running")
+        assert web.count() == 3
+        assert {http_get(port) for _ in range(6)} == {"release two"}
 
         succeeded(
             deployments.deploy(

@@ -22,7 +22,6 @@ def spec_for(service_id, vm, image):
         image=image,
         service_id=str(service_id),
         environment_id=str(vm.environment_id),
-        publish_address="127.0.0.1",
     )
 
 

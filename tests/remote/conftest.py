@@ -15,7 +15,8 @@ from bench.harness.guest_servers import (
     new_ed25519_key,
     remove_web_images,
 )
-from workers.drivers.guest import SSHConnection
+from bench.harness.proxy_servers import guest_proxy_directory, stop_guest_proxy
+from workers.drivers.guest import GuestProxy, SSHConnection
 from workers.drivers.guest.containers import LABEL_ENVIRONMENT_ID
 
 pytestmark = pytest.mark.integration
@@ -105,3 +106,12 @@ def clean_host_engine(local_engine):
     remove_test_containers(local_engine)
     yield local_engine
     remove_test_containers(local_engine)
+
+
+@pytest.fixture
+def guest_proxy():
+    """Where the "guest's" HAProxy lives for one test: its own directory,
+    published ports on loopback; stopped and removed afterwards."""
+    directory = guest_proxy_directory()
+    yield GuestProxy(directory, publish_address="127.0.0.1")
+    stop_guest_proxy(directory)

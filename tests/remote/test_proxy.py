@@ -23,6 +23,8 @@ from workers.drivers.guest.proxy_runtime import (
     ProxyTimeout,
     RuntimeAPI,
     RuntimeCommandFailed,
+    admit_replicas,
+    drain_replicas,
     roll_replica,
 )
 
@@ -79,6 +81,8 @@ def sample_config(**overrides) -> ProxyConfig:
             Service("db", 5432, (Replica("db-1", "10.77.1.12", 5432),), protocol="tcp"),
         ),
         bind_addresses=("10.77.1.10", "172.17.0.1"),
+        runtime_socket="/var/lib/strata-proxy/admin.sock",
+        state_file="/var/lib/strata-proxy/server-state",
     )
     values.update(overrides)
     return ProxyConfig(**values)
@@ -88,7 +92,8 @@ def test_rendered_config_has_health_checks_runtime_api_and_master_worker():
     text = render_config(sample_config())
     lines = [line.strip() for line in text.splitlines()]
     assert "master-worker" in lines
-    assert "stats socket /run/haproxy/admin.sock mode 600 level admin expose-fd listeners" in lines
+    socket = "/var/lib/strata-proxy/admin.sock"
+    assert f"stats socket {socket} mode 600 level admin expose-fd listeners" in lines
     assert "load-server-state-from-file global" in lines
     api = text[text.index("listen api") : text.index("listen db")]
     assert "bind 10.77.1.10:8080" in api and "bind 172.17.0.1:8080" in api
@@ -120,6 +125,10 @@ def test_haproxy_accepts_every_rendered_shape(haproxy):
         assert checked.returncode == 0, checked.stderr
     assert haproxy_argv("/etc/haproxy/haproxy.cfg", "/run/haproxy-master.sock") == [
         "haproxy", "-W", "-f", "/etc/haproxy/haproxy.cfg", "-S", "/run/haproxy-master.sock"
+    ]  # fmt: skip
+    # In the background, as a guest runs it: the master writes its pid.
+    assert haproxy_argv("/p/haproxy.cfg", "/p/master.sock", "/p/haproxy.pid")[-3:] == [
+        "-D", "-p", "/p/haproxy.pid"
     ]  # fmt: skip
 
 
@@ -412,4 +421,35 @@ def test_a_drain_that_runs_out_of_time_keeps_the_replica_until_forced(haproxy, s
     assert list(haproxy.api.servers("api")) == ["v2"]
     # The cut GET was replayed on the new replica (retry-on empty-response),
     # so even the forced removal cost this client nothing.
+    assert in_flight == [(200, "v2")]
+
+
+def test_new_replicas_are_admitted_together_or_not_at_all(haproxy, servers):
+    """Two new replicas, one never healthy: both go, the old one serves on."""
+    old, good, bad = servers("v1", "v2-a", "v2-b")
+    bad.healthy = False
+    service = start_service(haproxy, [old])
+    with Load(service.listen_port, rate=20) as load:
+        with pytest.raises(ProxyTimeout, match="v2-b did not pass its health check"):
+            admit_replicas(haproxy.api, service, [replica_of(good), replica_of(bad)], 1.0)
+    assert list(haproxy.api.servers("api")) == ["v1"]
+    assert load.result.failed == 0 and set(load.result.answered_by) == {"v1"}
+
+
+def test_a_forced_drain_cuts_the_slow_request_and_replays_it(haproxy, servers):
+    old, new = servers("v1", "v2")
+    old.slow_seconds = 3.0
+    service = start_service(haproxy, [old])
+    in_flight: list[tuple[int, str]] = []
+    slow = threading.Thread(
+        target=lambda: in_flight.append(get(service.listen_port, "/slow", timeout=5))
+    )
+    slow.start()
+    haproxy.api.wait_until("api", lambda s: s["v1"].sessions == 1, 5, "slow request not seen")
+    admit_replicas(haproxy.api, service, [replica_of(new)], 5)
+    started = time.monotonic()
+    drain_replicas(haproxy.api, service, ["v1"], drain_timeout=0.3, force=True)
+    assert time.monotonic() - started < 2, "the drain waited for the slow request"
+    slow.join(timeout=5)
+    assert list(haproxy.api.servers("api")) == ["v2"]
     assert in_flight == [(200, "v2")]

@@ -1,17 +1,20 @@
-"""Rollout and rollback on one target, watched over HTTP through the published port."""
+"""Rollout and rollback on one target, watched over HTTP through the published
+port, which the target's HAProxy (run here as the guest would run it) owns."""
 
 import dataclasses
 import http.client
+import os
+import signal
 import socket
-import threading
-import time
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from bench.harness.guest_servers import free_loopback_port
+from bench.harness.proxy_servers import Load
 from workers.drivers.guest import (
     HealthCheck,
-    HealthCheckFailed,
     InvalidSpec,
     RegistryAuth,
     RolloutFailed,
@@ -21,67 +24,25 @@ from workers.drivers.guest import (
     roll_out,
     spread_replicas,
 )
+from workers.drivers.guest import guest_proxy as guest_proxy_module
 from workers.drivers.guest import rollout as rollout_module
+from workers.drivers.guest.rollout import withdraw
 
 pytestmark = pytest.mark.integration
 
-STEPS = ["ship image", "start candidate", "health-check candidate", "switch", "stop old", "prune"]
-
-
-class HttpWatcher:
-    """GETs / on 127.0.0.1:port in a loop and remembers every outcome."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self.outcomes: list[tuple[float, str | None]] = []  # (time, body or None)
-        self.refused_at: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _get(self) -> str | None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            connection.request("GET", "/")
-            response = connection.getresponse()
-            return response.read().decode() if response.status == 200 else None
-        except ConnectionRefusedError:
-            self.refused_at.append(time.monotonic())
-            return None
-        except OSError:
-            return None
-        finally:
-            connection.close()
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.outcomes.append((time.monotonic(), self._get()))
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stop.set()
-        self._thread.join()
-
-    def longest_outage(self) -> float:
-        """Longest time from a failed request to the next successful one."""
-        longest, failing_since = 0.0, None
-        for moment, body in self.outcomes:
-            if body is None and failing_since is None:
-                failing_since = moment
-            elif body is not None and failing_since is not None:
-                longest = max(longest, moment - failing_since)
-                failing_since = None
-        return longest
-
-    def refused_window(self) -> float:
-        """From the first refused connection to the last one."""
-        return self.refused_at[-1] - self.refused_at[0] if self.refused_at else 0.0
-
-    def bodies(self) -> set[str]:
-        return {body for _, body in self.outcomes if body is not None}
+STEPS = [
+    "ship image",
+    "proxy",
+    "start new",
+    "health-check new",
+    "admit new",
+    "drain old",
+    "write proxy config",
+    "stop old",
+    "prune",
+]
+# Each replica answers its own container's hostname, to see who served.
+ANSWER_HOSTNAME = ("sh", "-c", "hostname > /www/index.html && exec httpd -f -p 8080 -h /www")
 
 
 def get_body(port: int) -> str:
@@ -102,7 +63,6 @@ def web(web_images):
         service_id="svc-web",
         environment_id="env-1",
         ports={port: 8080},
-        publish_address="127.0.0.1",
         health=HealthCheck.http("/", 8080, interval=0.1, timeout=2, retries=30),
     )
     return spec, port
@@ -114,93 +74,146 @@ def serving(engine, service_id):
     )
 
 
-def test_rollout_switches_with_a_short_refused_window(
-    clean_host_engine, connection, web, web_images, local_engine
+def proxy_servers(guest_proxy, connection, spec, port) -> list[str]:
+    return sorted(guest_proxy.api(connection).servers(f"{spec.name}-{port}"))
+
+
+def test_rollout_through_the_proxy_loses_no_request(
+    clean_host_engine, connection, web, web_images, local_engine, guest_proxy
 ):
     spec, port = web
-    first = roll_out(connection, spec, "r1", local_engine=local_engine)
+    first = roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
     assert [s.name for s in first.steps] == STEPS
+    assert first.proxy == "started"
     assert get_body(port) == "release one\n"
 
-    with HttpWatcher(port) as watcher:
-        time.sleep(0.2)
+    second_spec = dataclasses.replace(spec, image=web_images[1])
+    with Load(port, rate=20) as load:
+        load.wait_for_answers(5)
         second = roll_out(
-            connection,
-            dataclasses.replace(spec, image=web_images[1]),
-            "r2",
-            local_engine=local_engine,
+            connection, second_spec, "r2", local_engine=local_engine, proxy=guest_proxy
         )
-        time.sleep(0.2)
-    outage = watcher.longest_outage()
-    print(
-        f"switch (stop old + start new) {second.switch_seconds * 1000:.0f} ms, "
-        f"connections refused for {watcher.refused_window() * 1000:.0f} ms, "
-        f"no answer for {outage * 1000:.0f} ms, {len(watcher.outcomes)} requests"
-    )
-    assert watcher.bodies() == {"release one\n", "release two\n"}
-    assert watcher.refused_window() <= second.switch_seconds
-    assert outage < 10  # a bound a loaded machine meets; a rollout down for its health wait fails
+        load.wait_for_answers(load.result.sent + 5)
+    print(f"{load.result.sent} requests at 20/s during the rollout, {load.result.failed} failed")
+    assert load.result.failed == 0, load.result.errors
+    assert set(load.result.answered_by) == {"release one\n", "release two\n"}
+    assert second.proxy == "unchanged" and second.previous_release == "r1"
     assert get_body(port) == "release two\n"
     assert serving(clean_host_engine, "svc-web") == [("r2", "serving", "running")]
+    assert proxy_servers(guest_proxy, connection, spec, port) == ["r2-0"]
+    # The file says what the runtime API did: a restart fronts the same replica.
+    assert "server r2-0 127.0.0.1:" in Path(guest_proxy.config_path).read_text()
+    assert "server r1-0" not in Path(guest_proxy.config_path).read_text()
 
     # Idempotent: the same release again changes nothing.
-    again = roll_out(
-        connection, dataclasses.replace(spec, image=web_images[1]), "r2", local_engine=local_engine
-    )
+    again = roll_out(connection, second_spec, "r2", local_engine=local_engine, proxy=guest_proxy)
     assert again.push.bytes_sent == 0
-    assert [s.name for s in again.steps] == ["ship image", "start", "stop old", "prune"]
-    assert "skipped" in again.steps[1].detail
+    assert [s.name for s in again.steps] == [
+        "ship image",
+        "proxy",
+        "start",
+        "admit new",
+        "drain old",
+        "write proxy config",
+        "stop old",
+        "prune",
+    ]
+    assert "skipped" in again.steps[2].detail and again.proxy == "unchanged"
     assert serving(clean_host_engine, "svc-web") == [("r2", "serving", "running")]
 
 
-def test_unhealthy_candidate_stops_the_rollout_while_old_keeps_serving(
-    clean_host_engine, connection, web, local_engine
+def test_replicas_on_one_target_all_take_traffic_behind_one_port(
+    clean_host_engine, connection, web, local_engine, guest_proxy
 ):
     spec, port = web
-    roll_out(connection, spec, "r1", local_engine=local_engine)
+    three = dataclasses.replace(spec, command=ANSWER_HOSTNAME, replicas=3)
+    roll_out(connection, three, "r1", local_engine=local_engine, proxy=guest_proxy)
+    assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")] * 3
+    assert proxy_servers(guest_proxy, connection, spec, port) == ["r1-0", "r1-1", "r1-2"]
+    answers = Counter(get_body(port) for _ in range(30))
+    # Round robin over three healthy replicas: a third each.
+    assert sorted(answers.values()) == [10, 10, 10], answers
+
+    # Scaling down on the same release drains the replicas it drops.
+    roll_out(connection, three, "r1", replicas=1, local_engine=local_engine, proxy=guest_proxy)
+    assert proxy_servers(guest_proxy, connection, spec, port) == ["r1-0"]
+    assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
+
+
+def test_unhealthy_new_release_is_removed_while_old_keeps_serving(
+    clean_host_engine, connection, web, local_engine, guest_proxy
+):
+    spec, port = web
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
     broken = dataclasses.replace(
         spec,
         command=("sh", "-c", "echo cannot bind; sleep 60"),
         health=HealthCheck.http("/", 8080, interval=0.1, timeout=1, retries=5),
     )
-    with HttpWatcher(port) as watcher, pytest.raises(RolloutFailed) as caught:
-        roll_out(connection, broken, "r2", local_engine=local_engine)
+    with Load(port, rate=20) as load, pytest.raises(RolloutFailed) as caught:
+        roll_out(connection, broken, "r2", local_engine=local_engine, proxy=guest_proxy)
     failure = caught.value
-    assert failure.step == "health-check candidate"
+    assert failure.step == "health-check new"
     assert failure.serving_release == "r1"
     assert "cannot bind" in failure.health.logs_tail
-    assert watcher.longest_outage() == 0 and watcher.bodies() == {"release one\n"}
+    assert load.result.failed == 0 and set(load.result.answered_by) == {"release one\n"}
     assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
+    assert proxy_servers(guest_proxy, connection, spec, port) == ["r1-0"]
 
 
-def test_unhealthy_new_serving_container_rolls_back(
-    clean_host_engine, connection, web, web_images, local_engine, monkeypatch
+def test_a_release_the_proxy_cannot_reach_is_rolled_back(
+    clean_host_engine, connection, web, web_images, local_engine, guest_proxy
+):
+    """Healthy from inside its own network namespace (the probe), but listening
+    on the container's loopback only, so HAProxy's own checks never pass: the
+    new replica never takes a request and the old one keeps serving."""
+    spec, port = web
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
+    unreachable = dataclasses.replace(
+        spec,
+        image=web_images[1],
+        command=("httpd", "-f", "-p", "127.0.0.1:8080", "-h", "/www"),
+    )
+    with Load(port, rate=20) as load, pytest.raises(RolloutFailed) as caught:
+        roll_out(
+            connection,
+            unreachable,
+            "r2",
+            local_engine=local_engine,
+            proxy=guest_proxy,
+            health_seconds=3,
+        )
+    assert caught.value.step == "admit new" and caught.value.serving_release == "r1"
+    assert "r2-0 did not pass its health check" in caught.value.reason
+    assert load.result.failed == 0 and set(load.result.answered_by) == {"release one\n"}
+    assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
+    assert proxy_servers(guest_proxy, connection, spec, port) == ["r1-0"]
+
+
+def test_a_killed_proxy_is_restarted_and_reported_by_the_next_rollout(
+    clean_host_engine, connection, web, web_images, local_engine, guest_proxy
 ):
     spec, port = web
-    roll_out(connection, spec, "r1", local_engine=local_engine)
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
+    master = int(Path(guest_proxy.directory, "haproxy.pid").read_text().split()[0])
+    os.kill(master, signal.SIGKILL)
+    assert not guest_proxy.running(connection)
+    with pytest.raises(OSError):
+        get_body(port)
 
-    # Fault injection: the candidate passes, the switched-in container fails
-    # (e.g. the host port misbehaves), which a real image cannot stage here.
-    real_wait_healthy = rollout_module.wait_healthy
-
-    def failing_after_switch(ssh, engine, container_id, health, deadline=None):
-        role = engine.api.inspect_container(container_id)["Config"]["Labels"]
-        if role["io.strata.role"] == "serving":
-            raise HealthCheckFailed(container_id[:12], "injected", "", "")
-        return real_wait_healthy(ssh, engine, container_id, health, deadline)
-
-    monkeypatch.setattr(rollout_module, "wait_healthy", failing_after_switch)
-    with pytest.raises(RolloutFailed) as caught:
+    again = roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
+    assert again.proxy == "restarted: it was not running"
+    assert get_body(port) == "release one\n"
+    with Load(port, rate=20) as load:
+        load.wait_for_answers(5)
         roll_out(
             connection,
             dataclasses.replace(spec, image=web_images[1]),
             "r2",
             local_engine=local_engine,
+            proxy=guest_proxy,
         )
-    assert caught.value.step == "switch" and caught.value.serving_release == "r1"
-    assert get_body(port) == "release one\n"
-    assert ("r1", "serving", "running") in serving(clean_host_engine, "svc-web")
-    assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
+    assert load.result.failed == 0, load.result.errors
 
 
 def test_rollout_without_ports_starts_new_beside_old(
@@ -245,32 +258,67 @@ def test_rollout_without_ports_starts_new_beside_old(
     assert serving(clean_host_engine, "svc-worker") == [("r2", "serving", "running")]
 
 
-def test_taken_host_port_fails_the_switch_and_leaves_nothing_running(
-    clean_host_engine, connection, web, local_engine
+def test_withdrawing_a_first_release_closes_its_published_port(
+    clean_host_engine, connection, web, local_engine, guest_proxy
+):
+    spec, port = web
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
+    assert withdraw(connection, spec.service_id, "r1", guest_proxy) == (
+        "removed 1 container(s) of r1; proxy reloaded"
+    )
+    assert list_containers(clean_host_engine, service_id="svc-web") == []
+    assert f":{port}" not in Path(guest_proxy.config_path).read_text()
+    with pytest.raises(ConnectionRefusedError):
+        get_body(port)
+
+
+def test_a_configuration_haproxy_refuses_is_never_installed(
+    clean_host_engine, connection, web, web_images, local_engine, guest_proxy, monkeypatch
+):
+    spec, port = web
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
+    installed = Path(guest_proxy.config_path).read_text()
+    real_render = guest_proxy_module.render_config
+    # Fault injection: a configuration HAProxy's own check refuses.
+    monkeypatch.setattr(
+        guest_proxy_module, "render_config", lambda config: real_render(config) + "bogus 1\n"
+    )
+    second = dataclasses.replace(spec, image=web_images[1], ports={port: 8080, port + 1: 8080})
+    with pytest.raises(RolloutFailed) as caught:
+        roll_out(connection, second, "r2", local_engine=local_engine, proxy=guest_proxy)
+    assert caught.value.step == "proxy" and caught.value.serving_release == "r1"
+    assert "haproxy refused the configuration" in caught.value.reason
+    assert Path(guest_proxy.config_path).read_text() == installed
+    assert get_body(port) == "release one\n"
+    assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
+
+
+def test_a_published_port_another_process_holds_fails_before_anything_starts(
+    clean_host_engine, connection, web, local_engine, guest_proxy
 ):
     spec, port = web
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
         with pytest.raises(RolloutFailed) as caught:
-            roll_out(connection, spec, "r1", local_engine=local_engine)
-    assert caught.value.step == "switch" and caught.value.serving_release is None
-    assert "engine refused" in caught.value.reason
+            roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
+    assert caught.value.step == "proxy" and caught.value.serving_release is None
+    assert "haproxy did not start" in caught.value.reason
     assert list_containers(clean_host_engine, service_id="svc-web") == []
 
 
 def test_rollout_after_the_link_dropped_reconnects(
-    clean_host_engine, connection, web, local_engine
+    clean_host_engine, connection, web, local_engine, guest_proxy
 ):
     spec, port = web
     connection.docker().ping()
     connection.transport().close()
-    roll_out(connection, spec, "r1", local_engine=local_engine)
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
     assert get_body(port) == "release one\n"
 
 
 def test_link_dropping_mid_rollout_is_transient(
-    clean_host_engine, connection, web, local_engine, monkeypatch
+    clean_host_engine, connection, web, local_engine, monkeypatch, guest_proxy
 ):
     spec, _ = web
     real_start = rollout_module.start_container
@@ -282,18 +330,21 @@ def test_link_dropping_mid_rollout_is_transient(
 
     monkeypatch.setattr(rollout_module, "start_container", start_then_drop)
     with pytest.raises(SSHUnreachable) as caught:
-        roll_out(connection, spec, "r1", local_engine=local_engine)
+        roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
     assert caught.value.transient
     monkeypatch.undo()
-    roll_out(connection, spec, "r1", local_engine=local_engine)  # the retry converges
+    # The retry converges.
+    roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
     assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
 
 
-def test_ports_allow_one_replica_per_target(connection, web):
+def test_a_release_id_haproxy_cannot_name_is_refused_before_anything_runs(connection, web):
     spec, _ = web
     with pytest.raises(InvalidSpec) as caught:
-        roll_out(connection, spec, "r1", replicas=2)
-    assert caught.value.field == "replicas"
+        roll_out(connection, spec, "r_1")
+    assert caught.value.field == "release_id"
+    with pytest.raises(InvalidSpec):
+        roll_out(connection, spec, "R1")  # a server name is a DNS label: lower case
 
 
 def test_failed_ship_is_reported_as_a_rollout_failure(
@@ -359,7 +410,6 @@ def test_spread_replicas(replicas, targets, current, expected):
 @pytest.mark.parametrize(
     ("args", "kwargs", "field"),
     [
-        ((3, ["a", "b"]), {"max_per_target": 1}, "replicas"),
         ((-1, ["a"]), {}, "replicas"),
         ((1, []), {}, "targets"),
         ((1, ["a", "a"]), {}, "targets"),

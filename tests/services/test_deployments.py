@@ -80,12 +80,16 @@ def test_deploy_freezes_a_release_and_spreads_replicas(envs):
     ]
 
 
-def test_published_ports_allow_one_replica_per_vm(envs):
+def test_published_ports_take_any_number_of_replicas_per_vm(envs):
+    """The guest's HAProxy fronts them all on the one published port."""
     team, user, env = envs
-    with pytest.raises(ValidationError) as err:
-        deploy(team, user, env["dev"], replicas=3)
-    assert set(err.value.message_dict) == {"replicas"}
-    assert not Job.objects.exists()
+    job = deploy(team, user, env["dev"], replicas=6)
+    assert [c.params["replicas"] for c in job.children.order_by("vm__name")] == [3, 3]
+    succeed(job)
+    scaled = deployments.scale(
+        user=user, team=team, env_id=env["dev"].pk, service_name="web", replicas=3
+    )
+    assert sorted(c.params["replicas"] for c in scaled.children.all()) == [1, 2]
 
 
 @pytest.mark.parametrize(
@@ -110,6 +114,8 @@ def test_published_ports_allow_one_replica_per_vm(envs):
         ("memory_limit_mb", 1),
         ("restart_policy", "sometimes"),
         ("healthcheck", {"type": "http", "path": "no slash", "port": 80}),
+        # Behind a published port (SPEC has 8080) HAProxy checks the path too.
+        ("healthcheck", {"type": "http", "path": "/h?full=1", "port": 8080}),
         ("healthcheck", {"type": "magic"}),
         ("replicas", -1),
         ("replicas", 10**6),

@@ -28,6 +28,7 @@ from workers.drivers.hypervisor.console import (
 )
 
 from . import protocol
+from .base import Relay
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 # the guest (the pty holds the rest) until the queue is down to LOW.
 OUTPUT_HIGH_WATER = 16
 OUTPUT_LOW_WATER = 4
-CHANNEL_FULL_RETRY_SECONDS = 0.05
 
 
 @dataclass
@@ -49,8 +49,10 @@ class RelaySession:
     sender: asyncio.Task | None = None
 
 
-class ConsoleRelay:
+class ConsoleRelay(Relay):
     """Serve ``console.open`` on the host's channel until ``stop`` is set."""
+
+    what = "console relay"
 
     def __init__(
         self,
@@ -59,42 +61,12 @@ class ConsoleRelay:
         open_connection: Callable[[], libvirt.virConnect],
         silence_seconds: float = protocol.RELAY_SILENCE_SECONDS,
     ) -> None:
-        self.layer = layer
-        self.host_channel = protocol.host_channel(host_name)
+        super().__init__(layer, protocol.host_channel(host_name), silence_seconds)
         self._open_connection = open_connection
-        self._silence_seconds = silence_seconds
-        self.sessions: dict[str, RelaySession] = {}
         self._endings: set[asyncio.Task] = set()
-        self.channel = ""
 
-    async def run(self, stop: asyncio.Event) -> None:
+    def prepare(self) -> None:
         ensure_event_loop()
-        self._loop = asyncio.get_running_loop()
-        self.channel = await self.layer.new_channel("console-relay.")
-        listeners = [
-            asyncio.create_task(self._listen(self.host_channel)),
-            asyncio.create_task(self._listen(self.channel)),
-            asyncio.create_task(self._reap_silent_sessions()),
-        ]
-        log.info("console relay listening on %s", self.host_channel)
-        try:
-            await stop.wait()
-        finally:
-            for task in listeners:
-                task.cancel()
-            for session_id in list(self.sessions):
-                await self._end(session_id, protocol.CLOSE_RELAY_UNAVAILABLE, "the relay stopped")
-            # Let the cancelled listeners and senders finish before the loop closes.
-            await asyncio.gather(*listeners, return_exceptions=True)
-            await asyncio.sleep(0)
-
-    async def _listen(self, channel: str) -> None:
-        while True:
-            message = await self.layer.receive(channel)
-            try:
-                await self._dispatch(message)
-            except Exception:  # one bad message must not stop every console of the host
-                log.exception("console relay: message %s failed", message.get("type"))
 
     async def _dispatch(self, message: dict) -> None:
         kind = message.get("type")
@@ -173,18 +145,6 @@ class ConsoleRelay:
             if session.output.qsize() <= OUTPUT_LOW_WATER:
                 session.stream.set_reading(True)
 
-    async def _send(self, session: RelaySession, message: dict) -> None:
-        """Send to the session's consumer, waiting while its channel is full."""
-        deadline = time.monotonic() + self._silence_seconds
-        while True:
-            try:
-                await self.layer.send(session.reply_to, {**message, "session": session.session_id})
-                return
-            except ChannelFull:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(CHANNEL_FULL_RETRY_SECONDS)
-
     async def _end(self, session_id: str, code: int | None, reason: str) -> None:
         """Close the session's stream; tell its consumer unless it asked for the end."""
         session = self.sessions.pop(session_id, None)
@@ -212,14 +172,3 @@ class ConsoleRelay:
         if session.connection is not None:
             with contextlib.suppress(libvirt.libvirtError):  # already dropped by libvirtd
                 session.connection.close()
-
-    async def _reap_silent_sessions(self) -> None:
-        """End sessions whose web process went away without saying so."""
-        while True:
-            await asyncio.sleep(max(self._silence_seconds / 4, 0.05))
-            cutoff = time.monotonic() - self._silence_seconds
-            for session in list(self.sessions.values()):
-                if session.last_heard < cutoff:
-                    await self._end(
-                        session.session_id, protocol.CLOSE_IDLE, "the web side stopped answering"
-                    )

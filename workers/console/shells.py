@@ -26,12 +26,12 @@ from workers.drivers.guest.errors import SSHUnreachable
 from workers.drivers.guest.ssh import Endpoint, SSHConnection
 
 from . import protocol
+from .base import Relay
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 32 * 1024
 OUTPUT_QUEUE = 16  # chunks waiting for the channel layer before the reader waits
-CHANNEL_FULL_RETRY_SECONDS = 0.05
 
 
 @dataclass
@@ -47,8 +47,10 @@ class ShellSession:
     closed: threading.Event = field(default_factory=threading.Event)
 
 
-class ShellRelay:
+class ShellRelay(Relay):
     """Serve ``shell.open`` on the host's shell channel until ``stop`` is set."""
+
+    what = "shell relay"
 
     def __init__(
         self,
@@ -57,38 +59,8 @@ class ShellRelay:
         private_key: Callable[[], paramiko.PKey],
         silence_seconds: float = protocol.RELAY_SILENCE_SECONDS,
     ) -> None:
-        self.layer = layer
-        self.host_channel = protocol.shell_channel(host_name)
+        super().__init__(layer, protocol.shell_channel(host_name), silence_seconds)
         self._private_key = private_key
-        self._silence_seconds = silence_seconds
-        self.sessions: dict[str, ShellSession] = {}
-        self.channel = ""
-
-    async def run(self, stop: asyncio.Event) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.channel = await self.layer.new_channel("shell-relay.")
-        listeners = [
-            asyncio.create_task(self._listen(self.host_channel)),
-            asyncio.create_task(self._listen(self.channel)),
-            asyncio.create_task(self._reap_silent_sessions()),
-        ]
-        log.info("shell relay listening on %s", self.host_channel)
-        try:
-            await stop.wait()
-        finally:
-            for task in listeners:
-                task.cancel()
-            for session_id in list(self.sessions):
-                await self._end(session_id, protocol.CLOSE_RELAY_UNAVAILABLE, "the relay stopped")
-            await asyncio.gather(*listeners, return_exceptions=True)
-
-    async def _listen(self, channel: str) -> None:
-        while True:
-            message = await self.layer.receive(channel)
-            try:
-                await self._dispatch(message)
-            except Exception:  # one bad message must not stop every session of the host
-                log.exception("shell relay: message %s failed", message.get("type"))
 
     async def _dispatch(self, message: dict) -> None:
         kind = message.get("type")
@@ -200,17 +172,6 @@ class ShellRelay:
             except (OSError, EOFError, paramiko.SSHException):
                 return  # the command ended; its exit is on the way
 
-    async def _send(self, session: ShellSession, message: dict) -> None:
-        deadline = time.monotonic() + self._silence_seconds
-        while True:
-            try:
-                await self.layer.send(session.reply_to, {**message, "session": session.session_id})
-                return
-            except ChannelFull:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(CHANNEL_FULL_RETRY_SECONDS)
-
     async def _end(self, session_id: str, code: int | None, reason: str) -> None:
         """Close the session's SSH connection; tell its consumer why unless it asked."""
         session = self.sessions.pop(session_id, None)
@@ -232,14 +193,3 @@ class ShellRelay:
         # process group (with a pty) or closes its pipes (without).
         if session.connection is not None:
             session.connection.close()
-
-    async def _reap_silent_sessions(self) -> None:
-        """End sessions whose web process went away without saying so."""
-        while True:
-            await asyncio.sleep(max(self._silence_seconds / 4, 0.05))
-            cutoff = time.monotonic() - self._silence_seconds
-            for session in list(self.sessions.values()):
-                if session.last_heard < cutoff:
-                    await self._end(
-                        session.session_id, protocol.CLOSE_IDLE, "the web side stopped answering"
-                    )

@@ -16,6 +16,7 @@ from django.db import IntegrityError, transaction
 
 from cloud.models import Environment, Host, PortForward, VirtualMachine, VMState
 from workers.drivers.guest import ConnectionPool, Endpoint, SSHConnection, load_private_key
+from workers.drivers.guest.guest_proxy import GuestProxy
 from workers.drivers.hypervisor import (
     DhcpHost,
     DnsHost,
@@ -74,6 +75,15 @@ def endpoint(vm: VirtualMachine) -> Endpoint:
 
 def connect(vm: VirtualMachine) -> SSHConnection:
     return ssh_pool().get(endpoint(vm))
+
+
+def guest_proxy() -> GuestProxy:
+    """Where every guest's HAProxy lives; a bad setting raises naming it."""
+    overrides = {
+        "directory": settings.STRATA_GUEST_PROXY_DIR,
+        "publish_address": settings.STRATA_GUEST_PUBLISH_ADDRESS,
+    }
+    return GuestProxy(**{field: value for field, value in overrides.items() if value})
 
 
 # --- port forwards --------------------------------------------------------------

@@ -10,6 +10,9 @@
 - A container recorded for a running VM but gone from its engine is marked
   missing; one the engine runs with Strata's labels but no record is an
   orphan (removed after the grace period, like domains and volumes).
+- A running VM whose services publish ports gets its HAProxy back when it
+  is not running (killed, or the guest rebooted: audited as
+  ``proxy.restarted``) or fronts other replicas than the VM runs (reloaded).
 - Each environment segment on the host gets back the DHCP and DNS records
   the database wants (``steps.segment.repair_records``).
 - A job whose message was lost (not updated for a long time) is sent again.
@@ -42,11 +45,13 @@ from cloud.models import (
 from cloud.models.states import JOB_MACHINE
 from tenants.models import AuditEvent
 from workers.drivers.guest import RemoteError, list_containers, remove_container
+from workers.drivers.guest.guest_proxy import UNCHANGED
 from workers.drivers.hypervisor import DomainState, Hypervisor, HypervisorError, VolumeKind
 from workers.drivers.hypervisor.spec import NETWORK_NAME_PREFIX
-from workers.jobs.adapters import connect, host_hypervisor
+from workers.jobs.adapters import connect, guest_proxy, host_hypervisor
 from workers.jobs.host_support import record_virt_support
 from workers.jobs.queue import enqueue
+from workers.jobs.steps.deploy import note_proxy_restart
 from workers.jobs.steps.segment import repair_records
 from workers.jobs.steps.vm_ops import STATE_OF_DOMAIN, record_state
 
@@ -86,9 +91,11 @@ def reconcile_host(host_id: int) -> dict[str, int]:
         found = _own_orphans(hv, domains, volumes, vms)
         found.update(_own_orphan_networks(hv, host))
         running = [vm for vm in vms.values() if vm.state == VMState.RUNNING and vm.ssh_port]
-        counts["containers_missing"] = 0
+        counts["containers_missing"] = counts["proxies_restarted"] = 0
         for vm in running:
             counts["containers_missing"] += _reconcile_containers(vm, found)
+            if vm.pk not in busy:
+                counts["proxies_restarted"] += _reconcile_proxy(vm)
         counts["orphans_seen"] = len(found)
         counts["orphans_removed"] = _sweep_orphans(host, hv, found)
         counts["samples"] = _record_samples(hv, vms, domains)
@@ -259,6 +266,24 @@ def _reconcile_containers(vm: VirtualMachine, found: dict) -> int:
         if not info.service_id.isdigit() or int(info.service_id) not in services:
             found[(Orphan.Kind.CONTAINER, f"{vm.uuid}/{info.id}")] = (vm, info.id)
     return missing
+
+
+def _reconcile_proxy(vm: VirtualMachine) -> int:
+    """The guest's HAProxy runs and fronts what the VM runs; 1 if it had to be
+    started again (it was killed or the guest rebooted), which is audited."""
+    try:
+        ssh = connect(vm)
+        engine = ssh.docker()
+        if not any(info.proxy for info in list_containers(engine)):
+            return 0  # no published port on this VM: no proxy to keep
+        outcome = guest_proxy().sync(ssh, engine)
+    except RemoteError as exc:
+        log.warning("cannot bring back the proxy of %s: %s", vm, exc)
+        return 0
+    if outcome == UNCHANGED:
+        return 0
+    log.warning("proxy of %s: %s", vm, outcome)
+    return int(note_proxy_restart(vm, outcome))
 
 
 def _own_orphans(hv: Hypervisor, domains: dict, volumes: list, vms: dict) -> dict:

@@ -10,7 +10,7 @@ import asyncio
 import signal
 
 import libvirt
-from channels.layers import get_channel_layer
+from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
 from django.core.management.base import BaseCommand, CommandError
 
 from cloud.models import Host
@@ -32,9 +32,16 @@ class Command(BaseCommand):
             raise CommandError(f"no host named {host!r}; register it first")
         uri = found.libvirt_uri
         key = load_private_key(manager_keypair().private_openssh)
-        layer = get_channel_layer()
-        consoles = ConsoleRelay(layer, found.name, lambda: libvirt.open(uri))
-        shells = ShellRelay(layer, found.name, lambda: key)
+        # A layer each: a layer serves one process-local channel prefix, and
+        # each relay receives on a channel of its own beside its host channel.
+        consoles = ConsoleRelay(
+            channel_layers.make_backend(DEFAULT_CHANNEL_LAYER),
+            found.name,
+            lambda: libvirt.open(uri),
+        )
+        shells = ShellRelay(
+            channel_layers.make_backend(DEFAULT_CHANNEL_LAYER), found.name, lambda: key
+        )
         asyncio.run(self._serve(consoles, shells))
 
     async def _serve(self, *relays) -> None:

@@ -30,6 +30,7 @@ from .errors import (
     SSHAuthFailed,
     SSHUnreachable,
 )
+from .guest_proxy import GuestProxy, ProxyNotRunning, ProxyStartFailed
 from .images import (
     PushResult,
     RegistryAuth,
@@ -57,11 +58,14 @@ __all__ = [
     "ContainerInfo",
     "ContainerStats",
     "Endpoint",
+    "GuestProxy",
     "HealthCheck",
     "HealthCheckFailed",
     "HostKeyMismatch",
     "ImageShipFailed",
     "InvalidSpec",
+    "ProxyNotRunning",
+    "ProxyStartFailed",
     "PushResult",
     "RegistryAuth",
     "RemoteError",

@@ -10,7 +10,7 @@ published, and the manager never opens a connection to a container address
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
+import json
 import math
 import re
 import time
@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import docker
 
 from .errors import CommandTimeout, HealthCheckFailed, InvalidSpec
+from .proxy_config import HEALTH_PATH_PATTERN
 from .ssh import SSHConnection
 
 LABEL_SERVICE_ID = "io.strata.service-id"
@@ -27,9 +28,14 @@ LABEL_RELEASE_ID = "io.strata.release-id"
 LABEL_ENVIRONMENT_ID = "io.strata.environment-id"
 LABEL_ROLE = "io.strata.role"
 LABEL_REPLICA = "io.strata.replica"
+# What the guest's HAProxy needs to front the container (guest_proxy reads it):
+# its published ports as [listen port, container port] and its health check.
+LABEL_PROXY = "io.strata.proxy"
 
-ROLE_CANDIDATE = "candidate"  # started unpublished, only to prove a release healthy
 ROLE_SERVING = "serving"
+# Replicas publish on the guest's loopback only, on a port the engine picks;
+# the guest's HAProxy owns the published ports and forwards to these.
+REPLICA_ADDRESS = "127.0.0.1"
 
 RESTART_POLICIES = ("no", "always", "unless-stopped", "on-failure")
 LOGS_TAIL_LINES = 50
@@ -97,9 +103,6 @@ class ServiceSpec:
     replicas: int = 1
     health: HealthCheck | None = None
     network: str | None = None  # engine default when None
-    # Inside a VM the published ports must face the VM's NIC; tests on a
-    # shared machine publish on loopback only.
-    publish_address: str = "0.0.0.0"  # noqa: S104
 
     def validate(self) -> None:
         """Raises InvalidSpec naming the first bad field."""
@@ -132,14 +135,14 @@ class ServiceSpec:
             raise InvalidSpec("restart_policy", f"one of {', '.join(RESTART_POLICIES)}")
         if not isinstance(self.replicas, int) or not 0 <= self.replicas <= 100:
             raise InvalidSpec("replicas", "between 0 and 100")
-        try:
-            ipaddress.ip_address(self.publish_address)
-        except ValueError:
-            raise InvalidSpec("publish_address", "must be an IP address") from None
         if self.network is not None and not _ID.fullmatch(self.network):
             raise InvalidSpec("network", "invalid network name")
         if self.health is not None:
             _validate_health(self.health)
+            path = self.health.http_path
+            if self.ports and path is not None and not HEALTH_PATH_PATTERN.fullmatch(path):
+                # The guest's HAProxy checks the same path; its grammar allows no more.
+                raise InvalidSpec("health.http_path", "letters, digits and . _ ~ / - only")
 
 
 def _validate_health(health: HealthCheck) -> None:
@@ -172,6 +175,22 @@ def container_name(spec: ServiceSpec, release_id: str, role: str, replica: int) 
     return f"strata-{spec.name}-{release_id}-{role}-{replica}"
 
 
+def proxy_label(spec: ServiceSpec) -> str:
+    """The LABEL_PROXY of a service with published ports: the ports and the
+    health check (in milliseconds) its guest's HAProxy fronts it with."""
+    health = spec.health
+    check = None
+    if health is not None:
+        check = {
+            "http_path": health.http_path,
+            "port": health.port if not health.command else None,
+            "interval_ms": round(health.interval * 1000),
+            "timeout_ms": round(health.timeout * 1000),
+        }
+    ports = sorted([listen, container] for listen, container in spec.ports.items())
+    return json.dumps({"service": spec.name, "ports": ports, "check": check}, sort_keys=True)
+
+
 @dataclass(frozen=True)
 class ContainerInfo:
     id: str
@@ -183,6 +202,9 @@ class ContainerInfo:
     environment_id: str
     role: str
     replica: int
+    # Container port -> the loopback port the engine published it on.
+    loopback_ports: Mapping[int, int] = field(default_factory=dict)
+    proxy: str = ""  # LABEL_PROXY, when the service has published ports
 
 
 @dataclass(frozen=True)
@@ -202,8 +224,9 @@ def create_container(
 ) -> str:
     """Create (not start) the container of ``replica`` of a release; idempotent.
 
-    Candidates get no published ports: they run beside the serving container,
-    which holds the host ports.
+    Published container ports go to engine-chosen ports on the guest's
+    loopback, never to the published port itself: the guest's HAProxy holds
+    that one, so any number of replicas and releases run side by side.
     """
     spec.validate()
     validate_release_id(release_id)
@@ -212,11 +235,10 @@ def create_container(
         return engine.api.inspect_container(name)["Id"]
     except docker.errors.NotFound:
         pass
-    publish = role == ROLE_SERVING and spec.ports
     restart = {"Name": spec.restart_policy}
-    bindings = {c: (spec.publish_address, h) for h, c in spec.ports.items()}
+    container_ports = sorted(set(spec.ports.values()))
     host_config = engine.api.create_host_config(
-        port_bindings=bindings if publish else None,
+        port_bindings={port: (REPLICA_ADDRESS,) for port in container_ports} or None,
         binds={volume: {"bind": path, "mode": "rw"} for volume, path in spec.volumes.items()},
         nano_cpus=spec.nano_cpus,
         mem_limit=spec.memory_bytes,
@@ -232,6 +254,8 @@ def create_container(
         LABEL_ROLE: role,
         LABEL_REPLICA: str(replica),
     }
+    if spec.ports:
+        labels[LABEL_PROXY] = proxy_label(spec)
     created = engine.api.create_container(
         spec.image,
         command=list(spec.command) or None,
@@ -239,7 +263,7 @@ def create_container(
         environment=dict(spec.env),
         labels=labels,
         host_config=host_config,
-        ports=list(spec.ports.values()) if publish else None,
+        ports=container_ports or None,
     )
     return created["Id"]
 
@@ -302,6 +326,12 @@ def list_containers(
                 environment_id=tags.get(LABEL_ENVIRONMENT_ID, ""),
                 role=tags.get(LABEL_ROLE, ""),
                 replica=int(tags.get(LABEL_REPLICA, "0")),
+                loopback_ports={
+                    port["PrivatePort"]: port["PublicPort"]
+                    for port in summary.get("Ports") or []
+                    if port.get("IP") == REPLICA_ADDRESS and "PublicPort" in port
+                },
+                proxy=tags.get(LABEL_PROXY, ""),
             )
         )
     return found

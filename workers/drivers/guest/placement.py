@@ -12,7 +12,6 @@ def spread_replicas(
     targets: Sequence[str],
     *,
     current: Mapping[str, int] | None = None,
-    max_per_target: int | None = None,
 ) -> dict[str, int]:
     """How many replicas each target runs: as even as possible.
 
@@ -27,11 +26,6 @@ def spread_replicas(
         raise InvalidSpec("targets", "must not repeat")
     if replicas and not targets:
         raise InvalidSpec("targets", "no target to place replicas on")
-    if max_per_target is not None and replicas > max_per_target * len(targets):
-        raise InvalidSpec(
-            "replicas",
-            f"{replicas} replicas need more than {len(targets)} targets of {max_per_target} each",
-        )
     if not targets:
         return {}
     current = current or {}

@@ -29,9 +29,6 @@ SERVER_STATES = ("ready", "drain", "maint")
 MAX_MILLISECONDS = 3_600_000
 MAX_CHECK_COUNT = 100
 MAX_CONNECTIONS = 1_000_000
-GUEST_CONFIG_PATH = "/etc/haproxy/haproxy.cfg"
-GUEST_RUNTIME_SOCKET = "/run/haproxy/admin.sock"
-GUEST_STATE_FILE = "/var/lib/haproxy/server-state"
 
 
 class ProxyConfigError(RemoteError):
@@ -53,6 +50,13 @@ def require_name(field: str, value: object) -> str:
     return _require_match(field, value, NAME_PATTERN, "1-63 lower-case letters, digits, hyphens")
 
 
+def require_path(field: str, value: object) -> str:
+    _require_match(field, value, FILE_PATH_PATTERN, "an absolute path")
+    if "/../" in value + "/" or "/./" in value + "/" or "//" in value:
+        raise ProxyConfigError(field, f"must be a normalised path, got {value!r}")
+    return value
+
+
 def _require_int(field: str, value: object, minimum: int, maximum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ProxyConfigError(
@@ -61,7 +65,7 @@ def _require_int(field: str, value: object, minimum: int, maximum: int) -> int:
     return value
 
 
-def _require_ipv4(field: str, value: object) -> str:
+def require_ipv4(field: str, value: object) -> str:
     try:
         address = ipaddress.IPv4Address(value) if isinstance(value, str) else None
     except ValueError:
@@ -117,7 +121,7 @@ class Replica:
 
     def validate(self, field: str) -> None:
         require_name(f"{field}.name", self.name)
-        _require_ipv4(f"{field}.address", self.address)
+        require_ipv4(f"{field}.address", self.address)
         _require_int(f"{field}.port", self.port, 1, 65535)
         if self.state not in SERVER_STATES:
             raise ProxyConfigError(f"{field}.state", f"must be one of {SERVER_STATES}")
@@ -164,8 +168,9 @@ class ProxyConfig:
 
     services: tuple[Service, ...]
     bind_addresses: tuple[str, ...]
-    runtime_socket: str = GUEST_RUNTIME_SOCKET
-    state_file: str = GUEST_STATE_FILE
+    # Where the guest keeps them: guest_proxy.GuestProxy says.
+    runtime_socket: str
+    state_file: str
     max_connections: int = 4096
     connect_timeout_ms: int = 2000
     client_timeout_ms: int = 30000
@@ -176,12 +181,9 @@ class ProxyConfig:
     def validate(self) -> ProxyConfig:
         _require_tuple("bind_addresses", self.bind_addresses, str, minimum=1)
         for index, address in enumerate(self.bind_addresses):
-            _require_ipv4(f"bind_addresses[{index}]", address)
+            require_ipv4(f"bind_addresses[{index}]", address)
         for field in ("runtime_socket", "state_file"):
-            value = getattr(self, field)
-            _require_match(field, value, FILE_PATH_PATTERN, "an absolute path")
-            if "/../" in value + "/" or "/./" in value + "/" or "//" in value:
-                raise ProxyConfigError(field, f"must be a normalised path, got {value!r}")
+            require_path(field, getattr(self, field))
         _require_int("max_connections", self.max_connections, 1, MAX_CONNECTIONS)
         for field in ("connect_timeout_ms", "client_timeout_ms", "server_timeout_ms"):
             _require_int(field, getattr(self, field), 1, MAX_MILLISECONDS)
@@ -261,11 +263,14 @@ def render_config(config: ProxyConfig) -> str:
     return "\n".join(lines)
 
 
-def haproxy_argv(config_path: str, master_socket: str | None = None) -> list[str]:
-    """The command line of a master-worker HAProxy (``-S``: the master's own CLI)."""
-    _require_match("config_path", config_path, FILE_PATH_PATTERN, "an absolute path")
-    argv = ["haproxy", "-W", "-f", config_path]
+def haproxy_argv(
+    config_path: str, master_socket: str | None = None, pid_file: str | None = None
+) -> list[str]:
+    """The command line of a master-worker HAProxy (``-S``: the master's own CLI;
+    with ``pid_file`` the master goes to the background, ``-D``, and writes its pid)."""
+    argv = ["haproxy", "-W", "-f", require_path("config_path", config_path)]
     if master_socket is not None:
-        _require_match("master_socket", master_socket, FILE_PATH_PATTERN, "an absolute path")
-        argv += ["-S", master_socket]
+        argv += ["-S", require_path("master_socket", master_socket)]
+    if pid_file is not None:
+        argv += ["-D", "-p", require_path("pid_file", pid_file)]
     return argv

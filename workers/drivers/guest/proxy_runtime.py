@@ -250,6 +250,77 @@ class MasterCLI:
                 raise ProxyTimeout(f"haproxy did not report the reload within {timeout:g} s")
 
 
+def admit_replicas(
+    api: RuntimeAPI, service: Service, new: Sequence[Replica], health_timeout: float = 60.0
+) -> None:
+    """Add ``new`` replicas held back and give them traffic once every one
+    passed ``rise`` checks.
+
+    If one never becomes healthy every new one is removed again, so what
+    served before keeps serving alone (ProxyTimeout naming it). Re-running after a
+    crash halfway is safe: a replica already added is not added again.
+    """
+    current = api.servers(service.name)
+    for replica in new:
+        if replica.name not in current:
+            api.add_replica(service.name, replica, service.health)
+        elif current[replica.name].status == "MAINT":
+            # An earlier run stopped between adding the server and enabling it.
+            api.hold_back(service.name, replica.name)
+    names = [replica.name for replica in new]
+    try:
+        # None takes traffic before all are up: they go in together or not at all.
+        api.wait_until(
+            service.name,
+            lambda servers: all(name in servers and servers[name].up for name in names),
+            health_timeout,
+            "new replicas did not pass their health check",
+        )
+    except ProxyTimeout:
+        servers = api.servers(service.name)
+        down = [name for name in names if name not in servers or not servers[name].up]
+        for name in names:
+            api.remove_replica(service.name, name)
+        raise ProxyTimeout(
+            f"{service.name}: {', '.join(down)} did not pass its health check"
+            f" within {health_timeout:g} s"
+        ) from None
+    for name in names:
+        api.admit_replica(service.name, name, health_timeout)
+
+
+def drain_replicas(
+    api: RuntimeAPI,
+    service: Service,
+    old: Sequence[str],
+    drain_timeout: float = 30.0,
+    force: bool = False,
+) -> None:
+    """Stop new traffic to ``old`` replicas and remove each once it has no open request.
+
+    A drain that runs out of time raises ProxyTimeout with the replica
+    drained but kept, unless ``force`` cuts its requests and removes it (a
+    cut GET is replayed on another replica: ``retry-on empty-response``).
+    Replicas already gone are skipped.
+    """
+    remaining = [name for name in old if name in api.servers(service.name)]
+    for name in remaining:
+        api.set_state(service.name, name, "drain")
+    deadline = time.monotonic() + drain_timeout
+    for name in remaining:
+        try:
+            api.wait_until(
+                service.name,
+                lambda servers, name=name: name not in servers or servers[name].sessions == 0,
+                max(0.0, deadline - time.monotonic()),
+                f"{name} did not drain",
+            )
+        except ProxyTimeout:
+            if not force:
+                raise
+        api.remove_replica(service.name, name, force=force)
+
+
 def roll_replica(
     api: RuntimeAPI,
     service: Service,
@@ -260,35 +331,11 @@ def roll_replica(
 ) -> None:
     """Replace ``old`` replicas of ``service`` by ``new`` without a failed request.
 
-    The new server is added and must pass its health check before the old
-    ones are drained; each old one is removed once it has no open request.
-    If the new one never becomes healthy it is removed again and the old
-    ones keep serving (ProxyTimeout). A drain that runs out of time raises
-    ProxyTimeout with the old replica drained but kept; the caller decides
-    whether to wait longer or remove it with ``force``.
-
-    Re-running after a crash halfway is safe: a new replica already added is
-    not added again, old ones already removed are skipped.
+    The new server must pass its health check before the old ones are
+    drained (``admit_replicas``, then ``drain_replicas``): a new one that
+    never becomes healthy is removed and the old ones keep serving; a drain
+    that runs out of time leaves the old one drained but kept, for the
+    caller to wait longer or remove with ``force``.
     """
-    current = api.servers(service.name)
-    if new.name not in current:
-        api.add_replica(service.name, new, service.health)
-    elif current[new.name].status == "MAINT":
-        # An earlier run stopped between adding the server and enabling it.
-        api.hold_back(service.name, new.name)
-    try:
-        api.admit_replica(service.name, new.name, health_timeout)
-    except ProxyTimeout:
-        api.remove_replica(service.name, new.name)
-        raise
-    remaining = [name for name in old if name in api.servers(service.name)]
-    for name in remaining:
-        api.set_state(service.name, name, "drain")
-    for name in remaining:
-        api.wait_until(
-            service.name,
-            lambda servers, name=name: name not in servers or servers[name].sessions == 0,
-            drain_timeout,
-            f"{name} did not drain",
-        )
-        api.remove_replica(service.name, name)
+    admit_replicas(api, service, [new], health_timeout)
+    drain_replicas(api, service, old, drain_timeout)

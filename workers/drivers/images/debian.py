@@ -51,6 +51,9 @@ DEBIAN_12_PACKAGES = (
     "qemu-guest-agent",
     # networkd's DHCP leases carry DNS servers; only resolved puts them to use.
     "systemd-resolved",
+    # Owns the published ports in front of the replicas (guest_proxy); Strata
+    # starts it over SSH with its own files, so the package's unit is masked.
+    "haproxy",
 )
 
 # apparmor=0: docker.io wants to load its AppArmor profile, which fails without

@@ -58,6 +58,9 @@ GUEST_FILES: dict[str, str] = {
     "etc/cloud/cloud.cfg.d/90-strata.cfg": CLOUD_INIT_STRATA,
     "etc/cloud/ds-identify.cfg": DS_IDENTIFY,
     "etc/systemd/system/strata-ssh-host-keys.service": SSH_HOST_KEYS_UNIT,
+    # An empty unit file masks the package's HAProxy: the one Strata starts
+    # (guest_proxy) is the only one, with its own configuration and sockets.
+    "etc/systemd/system/haproxy.service": "",
 }
 
 ENABLED_UNITS = (

@@ -28,6 +28,7 @@ from cloud.models import (
     Release,
     Secret,
 )
+from tenants.models import AuditEvent
 from workers.drivers.guest import (
     HealthCheck,
     InvalidSpec,
@@ -37,11 +38,12 @@ from workers.drivers.guest import (
     list_containers,
     roll_out,
 )
+from workers.drivers.guest.guest_proxy import RESTARTED
 from workers.drivers.guest.references import ImageReference, parse_reference
 from workers.drivers.guest.rollout import withdraw
 from workers.drivers.registry import ImageNotInRegistry, LoginRefused, ManifestInvalid
 from workers.jobs import engine as jobs
-from workers.jobs.adapters import connect, domain_spec, forward_port, hypervisor
+from workers.jobs.adapters import connect, domain_spec, forward_port, guest_proxy, hypervisor
 from workers.jobs.engine import Plan, Step, StepContext, UserError, register
 from workers.jobs.registry import RegistrySource, manager_image_id, registry_source
 from workers.jobs.steps.vm import vm_of
@@ -219,6 +221,7 @@ def run_rollout(ctx: StepContext, vm, release: Release, replicas: int) -> Rollou
             release_id(release),
             local_engine=local_engine(),
             health_seconds=settings.STRATA_ROLLOUT_HEALTH_SECONDS,
+            proxy=guest_proxy(),
             log=logging.getLogger(f"strata.deploy.{ctx.job.pk}"),
         )
     except RolloutFailed as exc:
@@ -231,9 +234,18 @@ def run_rollout(ctx: StepContext, vm, release: Release, replicas: int) -> Rollou
         raise
     for step in report.steps:
         ctx.log(f"{step.name}: {step.detail} ({step.seconds:.2f} s)")
-    if report.switch_seconds is not None:
-        ctx.log(f"port switch took {report.switch_seconds:.3f} s")
+    if report.proxy is not None:
+        ctx.log(f"guest proxy: {report.proxy}")
+        note_proxy_restart(vm, report.proxy)
     return report
+
+
+def note_proxy_restart(vm, outcome: str) -> bool:
+    """Audit a guest proxy found dead and started again (by a rollout or the reconciler)."""
+    if outcome != RESTARTED:
+        return False
+    AuditEvent.record("proxy.restarted", team=vm.environment.team, target=vm, outcome=outcome)
+    return True
 
 
 def roll_out_release(ctx: StepContext) -> None:
@@ -371,7 +383,9 @@ def revert_release(ctx: StepContext) -> None:
     previous_id = Job.objects.get(pk=ctx.job.parent_id).params["release"]
     if previous_id is None:
         service_id = str(deployment.release.service_id)
-        ctx.log(withdraw(connect(vm), service_id, release_id(deployment.release)))
+        ctx.log(
+            withdraw(connect(vm), service_id, release_id(deployment.release), guest_proxy())
+        )
         return
     previous = Release.objects.select_related("service").get(pk=previous_id)
     try:
