@@ -30,6 +30,7 @@ from .errors import (
     SSHAuthFailed,
     SSHUnreachable,
 )
+from .identity import GuestIdentity, reidentify
 from .images import (
     PushResult,
     RegistryAuth,
@@ -59,6 +60,7 @@ __all__ = [
     "Endpoint",
     "HealthCheck",
     "HealthCheckFailed",
+    "GuestIdentity",
     "HostKeyMismatch",
     "ImageShipFailed",
     "InvalidSpec",
@@ -81,6 +83,7 @@ __all__ = [
     "pull_by_digest",
     "pull_image",
     "push_image",
+    "reidentify",
     "remove_container",
     "roll_out",
     "spread_replicas",
