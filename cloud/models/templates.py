@@ -1,0 +1,52 @@
+"""Templates: per host, image, flavor and guest configuration, a booted,
+Docker-ready guest saved with its memory state, from which new VMs are
+restored in seconds instead of cold-booted."""
+
+import uuid
+
+from django.db import models
+
+from cloud.models.catalogue import Flavor, Host, Image
+from cloud.models.crypto import EncryptedTextField
+
+
+class TemplateState(models.TextChoices):
+    BUILDING = "building"
+    READY = "ready"
+    # A restore from it failed (state file missing or corrupt): never used again.
+    STALE = "stale"
+    FAILED = "failed"
+
+
+class Template(models.Model):
+    State = TemplateState
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="templates")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="templates")
+    flavor = models.ForeignKey(Flavor, on_delete=models.PROTECT, related_name="templates")
+    # What the saved guest was set up with (seed, domain shape, re-identity
+    # script); a template of an older version is not used.
+    guest_config_version = models.PositiveIntegerField()
+    state = models.CharField(
+        max_length=10, choices=TemplateState.choices, default=TemplateState.BUILDING
+    )
+    # The template's own host key: accepted only for the re-identity connection.
+    host_key_public = models.TextField()
+    host_key_private = EncryptedTextField()
+    disk_bytes = models.PositiveBigIntegerField(default=0)
+    memory_state_bytes = models.PositiveBigIntegerField(default=0)
+    stale_reason = models.TextField(blank=True)
+    built_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["host", "image", "flavor", "-created_at"]
+
+    def __str__(self):
+        return f"{self.image} on {self.host} ({self.flavor}, v{self.guest_config_version})"
+
+    @property
+    def name(self) -> str:
+        """The name of its volumes and state file on the host."""
+        return f"tmpl-{self.uuid}"
