@@ -11,7 +11,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from cloud.models import Flavor, Host, Image, Template, TemplateState, VirtualMachine
-from workers.drivers.guest import Endpoint, load_private_key, wait_for_ssh
+from workers.drivers.guest import CommandTimeout, Endpoint, load_private_key, wait_for_ssh
 from workers.drivers.hypervisor import (
     DomainSpec,
     SeedConfig,
@@ -84,7 +84,13 @@ def template_domain_spec(template: Template, hv, ssh_port: int) -> DomainSpec:
 
 
 def _wait_docker(connection, deadline: float) -> None:
-    while connection.run(["docker", "info"], timeout=30, check=False).exit_status:
+    while True:
+        try:
+            # A client started while dockerd starts may wait on its socket: ask again.
+            if connection.run(["docker", "info"], timeout=30, check=False).exit_status == 0:
+                return
+        except CommandTimeout:
+            pass
         if time.monotonic() > deadline:
             raise TimeoutError("docker is not answering in the template guest")
         time.sleep(DOCKER_POLL_SECONDS)

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from cloud.models import PortForward, VirtualMachine, VMState
 from workers.drivers.guest import (
+    CommandTimeout,
     Endpoint,
     GuestIdentity,
     HostKeyMismatch,
@@ -224,11 +225,17 @@ def check_docker(ctx: StepContext) -> None:
     vm = vm_of(ctx)
     deadline = time.monotonic() + settings.STRATA_DOCKER_READY_SECONDS
     while True:
-        result = connect(vm).run(
-            ["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30, check=False
-        )
-        output = (result.stdout + result.stderr).decode(errors="replace").strip()
-        if result.exit_status == 0:
+        try:
+            result = connect(vm).run(
+                ["docker", "info", "--format", "{{.ServerVersion}}"], timeout=30, check=False
+            )
+        except CommandTimeout as exc:
+            # A client that reached dockerd's socket while dockerd (re)starts waits on it.
+            output, answered = str(exc), False
+        else:
+            output = (result.stdout + result.stderr).decode(errors="replace").strip()
+            answered = result.exit_status == 0
+        if answered:
             break
         if time.monotonic() > deadline:
             raise UserError(f"docker is not answering in the guest: {output[-500:]}")
