@@ -5,7 +5,14 @@ from django.apps import apps
 from django.contrib import admin
 from django.urls import reverse
 
-from cloud.models import ConsoleTicket, Orphan, RegistryImage, RegistryTag, VMSample
+from cloud.models import (
+    ConsoleTicket,
+    Orphan,
+    RegistryImage,
+    RegistryTag,
+    Template,
+    VMSample,
+)
 from tenants.models import ApiToken, AuditEvent, Team
 from tests.foundation.factories import team_world
 
@@ -25,7 +32,16 @@ def test_admin_pages_load(admin_client, make_team, model):
     env = team_world(team, port=20022)
     AuditEvent.record("test", team=team, actor=user, target=team)
     ApiToken.issue(user, "ci")
-    Orphan.objects.create(host=env.vms.get().host, kind="volume", name="strata-x.disk.qcow2")
+    vm = env.vms.get()
+    Orphan.objects.create(host=vm.host, kind="volume", name="strata-x.disk.qcow2")
+    Template.objects.create(
+        host=vm.host,
+        image=vm.image,
+        flavor=vm.flavor,
+        guest_config_version=1,
+        host_key_public="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0 strata-template",
+        host_key_private="-----BEGIN OPENSSH PRIVATE KEY-----",
+    )
     label = f"{model._meta.app_label}_{model._meta.model_name}"
 
     changelist = admin_client.get(reverse(f"admin:{label}_changelist"), {"q": "a"})
@@ -35,9 +51,17 @@ def test_admin_pages_load(admin_client, make_team, model):
     change = admin_client.get(reverse(f"admin:{label}_change", args=[instance.pk]))
     assert change.status_code == 200
     add = admin_client.get(reverse(f"admin:{label}_add"))
-    # Evidence, issued keys, measurements and what the registry reported are not
-    # made by hand in the admin.
-    by_hand_refused = (AuditEvent, ApiToken, VMSample, ConsoleTicket, RegistryImage, RegistryTag)
+    # Evidence, issued keys, measurements, what the registry reported and saved
+    # templates are not made by hand in the admin.
+    by_hand_refused = (
+        AuditEvent,
+        ApiToken,
+        VMSample,
+        ConsoleTicket,
+        RegistryImage,
+        RegistryTag,
+        Template,
+    )
     assert add.status_code == (403 if model in by_hand_refused else 200)
 
 
