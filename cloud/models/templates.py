@@ -6,7 +6,7 @@ import uuid
 
 from django.db import models
 
-from cloud.models.catalogue import Flavor, Host, Image
+from cloud.models.catalogue import Flavor, Host, Image, sha256_hex
 from cloud.models.crypto import EncryptedTextField
 
 
@@ -25,6 +25,8 @@ class Template(models.Model):
     host = models.ForeignKey(Host, on_delete=models.PROTECT, related_name="templates")
     image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="templates")
     flavor = models.ForeignKey(Flavor, on_delete=models.PROTECT, related_name="templates")
+    # The image's content it was built from: a rebuilt image makes it outdated.
+    image_sha256 = models.CharField(max_length=64, validators=[sha256_hex])
     # What the saved guest was set up with (seed, domain shape, re-identity
     # script); a template of an older version is not used.
     guest_config_version = models.PositiveIntegerField()

@@ -38,6 +38,7 @@ def test_admin_pages_load(admin_client, make_team, model):
         host=vm.host,
         image=vm.image,
         flavor=vm.flavor,
+        image_sha256=vm.image.sha256,
         guest_config_version=1,
         host_key_public="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0 strata-template",
         host_key_private="-----BEGIN OPENSSH PRIVATE KEY-----",

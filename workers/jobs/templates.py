@@ -4,16 +4,27 @@ whose restore failed."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
-from cloud.models import Flavor, Host, Image, Template, TemplateState, VirtualMachine
+from cloud.models import (
+    Flavor,
+    Host,
+    Image,
+    Template,
+    TemplateState,
+    VirtualMachine,
+    VMState,
+)
 from workers.drivers.guest import CommandTimeout, Endpoint, load_private_key, wait_for_ssh
 from workers.drivers.hypervisor import (
     DomainSpec,
+    InvalidState,
     SeedConfig,
     SshKeyPair,
     UserNetwork,
@@ -30,6 +41,8 @@ from workers.jobs.keys import manager_keypair
 GUEST_CONFIG_VERSION = 1
 DOCKER_POLL_SECONDS = 1.0
 
+log = logging.getLogger(__name__)
+
 Progress = Callable[[int, str], None]
 
 
@@ -45,19 +58,48 @@ def fresh_template(vm: VirtualMachine) -> tuple[Template | None, str]:
         # The segment NIC's MAC is part of the saved machine; every VM needs its own.
         return None, "the VM has an environment segment NIC, which templates do not carry"
     candidates = Template.objects.filter(host=vm.host, image=vm.image, flavor=vm.flavor)
-    template = (
-        candidates.filter(state=TemplateState.READY, guest_config_version=GUEST_CONFIG_VERSION)
-        .order_by("-built_at")
-        .first()
-    )
+    template = current(candidates).first()
     if template is not None:
         return template, f"template {template.name} is ready (built {template.built_at:%F %T})"
     if not candidates.exists():
         return None, f"no template for {vm.image} / {vm.flavor} on {vm.host}"
     return None, (
-        f"no ready template of guest configuration v{GUEST_CONFIG_VERSION} "
-        f"for {vm.image} / {vm.flavor} on {vm.host}"
+        f"no ready template of image {vm.image.sha256[:12]} and guest configuration "
+        f"v{GUEST_CONFIG_VERSION} for {vm.image} / {vm.flavor} on {vm.host}"
     )
+
+
+def current(templates):
+    """The ready templates of the image's present content and this guest
+    configuration, newest first."""
+    return templates.filter(
+        state=TemplateState.READY,
+        guest_config_version=GUEST_CONFIG_VERSION,
+        image_sha256=F("image__sha256"),
+    ).order_by("-built_at")
+
+
+def collect_templates(host: Host, hv) -> int:
+    """Remove the host's templates no new VM will be made from (stale, failed,
+    outdated, or superseded by a newer one) once no VM's disk is backed by
+    them; returns how many went."""
+    newest = {
+        (t.image_id, t.flavor_id): t.pk for t in current(Template.objects.filter(host=host))[::-1]
+    }
+    removed = 0
+    for template in Template.objects.filter(host=host).exclude(state=TemplateState.BUILDING):
+        if newest.get((template.image_id, template.flavor_id)) == template.pk:
+            continue
+        if template.vms.exclude(state=VMState.DELETED).exists():
+            continue
+        try:
+            hv.templates.delete(template.name)
+        except InvalidState as exc:
+            log.warning("template %s kept: %s", template.name, exc)
+            continue
+        template.delete()
+        removed += 1
+    return removed
 
 
 def mark_stale(template: Template, reason: str) -> None:
@@ -105,6 +147,7 @@ def build_template(host: Host, image: Image, flavor: Flavor, progress: Progress)
         host=host,
         image=image,
         flavor=flavor,
+        image_sha256=image.sha256,
         guest_config_version=GUEST_CONFIG_VERSION,
         host_key_public=pair.public_openssh,
         host_key_private=pair.private_openssh,
