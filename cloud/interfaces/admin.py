@@ -24,6 +24,7 @@ from cloud.models import (
     VirtualMachine,
     VMSample,
 )
+from cloud.services import templates
 
 
 class RecordAdmin(admin.ModelAdmin):
@@ -259,6 +260,7 @@ class TemplateAdmin(RecordAdmin):
         "flavor",
         "guest_config_version",
         "state",
+        "progress",
         "size_on_disk",
         "memory_state_size",
         "age",
@@ -266,6 +268,16 @@ class TemplateAdmin(RecordAdmin):
     ]
     list_filter = ["state", "host", "image", "flavor"]
     exclude = ["host_key_private"]
+    actions = ["build_again"]
+
+    @admin.action(description="Build again (a new template of the same host, image and flavor)")
+    def build_again(self, request, queryset):
+        kinds = {
+            (t.host, t.image, t.flavor) for t in queryset.select_related("host", "image", "flavor")
+        }
+        for host, image, flavor in kinds:
+            templates.request_build(host, image, flavor)
+        self.message_user(request, f"{len(kinds)} template build(s) sent to the hosts' workers")
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(vms_made=Count("vms"))

@@ -97,3 +97,26 @@ def test_team_admin_shows_members(admin_client, make_team):
     page = admin_client.get(reverse("admin:tenants_team_changelist"))
     assert b"alpha" in page.content
     assert Team.objects.get(pk=team.pk).quota
+
+
+def test_the_build_again_action_sends_one_build_per_kind(
+    admin_client, make_team, django_capture_on_commit_callbacks
+):
+    team, _ = make_team("alpha")
+    vm = team_world(team, port=20022).vms.get()
+    kind = dict(host=vm.host, image=vm.image, flavor=vm.flavor, image_sha256=vm.image.sha256)
+    pks = [
+        Template.objects.create(
+            **kind, guest_config_version=1, host_key_public="k", host_key_private="k"
+        ).pk
+        for _ in range(2)
+    ]
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        page = admin_client.post(
+            reverse("admin:cloud_template_changelist"),
+            {"action": "build_again", "_selected_action": pks},
+            follow=True,
+        )
+    assert page.status_code == 200
+    assert b"1 template build(s) sent" in page.content
+    assert len(sent) == 1

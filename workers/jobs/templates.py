@@ -138,10 +138,12 @@ def _wait_docker(connection, deadline: float) -> None:
         time.sleep(DOCKER_POLL_SECONDS)
 
 
-def build_template(host: Host, image: Image, flavor: Flavor, progress: Progress) -> Template:
+def build_template(
+    host: Host, image: Image, flavor: Flavor, progress: Progress = lambda _p, _m: None
+) -> Template:
     """Boot a guest of ``image`` and ``flavor`` on ``host`` to Docker answering
-    and save it with its memory state. On any failure nothing of it is left on
-    the host and the row says failed."""
+    and save it with its memory state, its progress on the row as it goes. On
+    any failure nothing of it is left on the host and the row says failed."""
     pair = generate_ed25519_keypair("strata-template")
     template = Template.objects.create(
         host=host,
@@ -152,9 +154,16 @@ def build_template(host: Host, image: Image, flavor: Flavor, progress: Progress)
         host_key_public=pair.public_openssh,
         host_key_private=pair.private_openssh,
     )
+
+    def record(percent: int, message: str) -> None:
+        Template.objects.filter(pk=template.pk).update(
+            progress=percent, progress_note=message[:200]
+        )
+        progress(percent, message)
+
     with host_hypervisor(host) as hv:
         try:
-            _boot_and_save(template, hv, progress)
+            _boot_and_save(template, hv, record)
         except BaseException as error:
             hv.guests.force_off(str(template.uuid))
             hv.guests.destroy(template.name, str(template.uuid))
