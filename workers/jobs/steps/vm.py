@@ -153,6 +153,8 @@ def restore_or_boot_cold(ctx: StepContext, vm: VirtualMachine, hv: Hypervisor) -
     try:
         hv.templates.restore(template.name, domain_spec(vm, hv), settings.STRATA_INSTALLATION_ID)
     except HypervisorError as exc:
+        if exc.transient:  # libvirtd went away: the step is retried, the template is fine
+            raise
         reason = f"restore from {template.name} failed: {exc}"
         mark_stale(template, reason)
         ctx.log(f"{reason}; template marked stale; falling back to the cold path")
