@@ -190,6 +190,7 @@ def reidentify_guest(ctx: StepContext) -> None:
         machine_id=vm.uuid.hex,
         host_key_private=vm.host_key_private,
         host_key_public=vm.host_key_public,
+        renew_engine_id=settings.STRATA_TEMPLATE_RENEW_ENGINE_ID,
     )
     try:
         reidentify(connection, identity)
@@ -197,9 +198,10 @@ def reidentify_guest(ctx: StepContext) -> None:
         raise UserError(f"re-identity failed: {exc}") from exc
     finally:
         connection.close()
+    engine = "renewed" if identity.renew_engine_id else "kept the template's (setting)"
     ctx.log(
         "own SSH host key, machine-id and hostname; RNG reseeded from the manager, "
-        "new VM generation id, Docker engine id renewed, clock set from the manager "
+        f"new VM generation id, Docker engine id {engine}, clock set from the manager "
         "(boot id stays the template's until a reboot)"
     )
 
