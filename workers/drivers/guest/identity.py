@@ -25,6 +25,8 @@ RANDOM_SEED_BYTES = 64
 STDERR_TAIL = 500
 
 # Positional parameters only: no value is ever part of the script's text.
+# sshd needs no restart: it re-executes itself for every connection, and the
+# new process reads the host keys from disk.
 # dockerd's engine id lives in key.json (Docker 20.10): removed, the restarted
 # engine makes a new one; the restart runs on while the readiness checks poll.
 REIDENTIFY_SCRIPT = r"""
@@ -45,7 +47,6 @@ hostname "$hostname"
 if [ -d /etc/cloud/cloud.cfg.d ]; then
   printf 'preserve_hostname: true\n' >/etc/cloud/cloud.cfg.d/90-strata-identity.cfg
 fi
-systemctl restart ssh
 if [ "$renew_engine_id" = yes ] && [ -e /etc/docker/key.json ]; then
   rm -f /etc/docker/key.json
   systemctl restart --no-block docker
