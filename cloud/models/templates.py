@@ -41,7 +41,8 @@ class Template(models.Model):
     # How far a build got, as a job's progress: percent and the last step's words.
     progress = models.PositiveSmallIntegerField(default=0)
     progress_note = models.CharField(max_length=200, blank=True)
-    stale_reason = models.TextField(blank=True)
+    # Why it is stale or failed.
+    unusable_reason = models.TextField(blank=True)
     built_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

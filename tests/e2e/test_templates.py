@@ -116,7 +116,7 @@ def test_vms_from_one_template_have_their_own_identity_and_a_bad_state_boots_col
         assert cold_vm.template_id is None
         assert "template marked stale; falling back to the cold path" in provision_log(cold_vm)
         template.refresh_from_db()
-        assert template.state == "stale" and "restore" in template.stale_reason
+        assert template.state == "stale" and "restore" in template.unusable_reason
         assert identity_of(cold_vm)["hostname"] == cold_vm.name
     finally:
         for vm in made:

@@ -103,7 +103,9 @@ def collect_templates(host: Host, hv) -> int:
 
 
 def mark_stale(template: Template, reason: str) -> None:
-    Template.objects.filter(pk=template.pk).update(state=TemplateState.STALE, stale_reason=reason)
+    Template.objects.filter(pk=template.pk).update(
+        state=TemplateState.STALE, unusable_reason=reason
+    )
 
 
 def template_domain_spec(template: Template, hv, ssh_port: int) -> DomainSpec:
@@ -165,11 +167,10 @@ def build_template(
         try:
             _boot_and_save(template, hv, record)
         except BaseException as error:
-            hv.guests.force_off(str(template.uuid))
             hv.guests.destroy(template.name, str(template.uuid))
             hv.templates.delete(template.name)
             Template.objects.filter(pk=template.pk).update(
-                state=TemplateState.FAILED, stale_reason=str(error)[:2000]
+                state=TemplateState.FAILED, unusable_reason=str(error)[:2000]
             )
             raise
     template.refresh_from_db()
