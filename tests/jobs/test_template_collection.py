@@ -58,3 +58,11 @@ def test_unused_templates_go_and_the_newest_and_those_in_use_stay(make_team):
     assert left == {newest.pk, stale_in_use.pk}
     assert not os.path.exists(state_file)
     assert {superseded.pk, outdated.pk, older_config.pk, failed.pk}.isdisjoint(left)
+
+
+def test_build_template_names_what_it_cannot_find_and_makes_nothing():
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match="Host matching query does not exist"):
+        call_command("build_template", host="nowhere", image="debian-12", flavor="small")
+    assert not Template.objects.exists()
