@@ -14,8 +14,13 @@ guests on 2 cores would each run at half speed):
 Run as root with libvirtd up and the image built (workers.drivers.images):
     .venv/bin/python bench/vm_create.py [--quick]
 
+- Strata from template: one cold boot saved with its memory state, then VMs
+  restored from it (overlay + restore + re-identity), API call to SSH on the
+  VM's own pinned key and to `docker info`, median of a few.
+
 --quick (run by make test so the bench cannot rot): one control-plane run,
-one Strata boot to Docker, virt-install's define + start without its boot.
+one Strata boot to Docker, virt-install's define + start without its boot,
+one template and one VM from it.
 """
 
 from __future__ import annotations
@@ -32,7 +37,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness.storage_cleanup import remove_pools  # noqa: E402 - needs the path above
-from workers.drivers.guest import Endpoint, load_private_key, wait_for_ssh  # noqa: E402
+from workers.drivers.guest import (  # noqa: E402
+    Endpoint,
+    GuestIdentity,
+    load_private_key,
+    reidentify,
+    wait_for_ssh,
+)
 from workers.drivers.hypervisor import (  # noqa: E402
     DomainSpec,
     Hypervisor,
@@ -95,6 +106,21 @@ class Bench:
             )
         )
 
+    def domain_spec(self, name: str, vm_uuid: str, disk: str, seed_path: str, port: int):
+        return DomainSpec(
+            name=name,
+            uuid=vm_uuid,
+            vm_id=name,
+            environment_id="bench",
+            vcpus=VCPUS,
+            memory_mib=MEMORY_MIB,
+            disk_path=disk,
+            seed_path=seed_path,
+            console_log_path=self.hypervisor.storage.console_log_path(name),
+            network=UserNetwork(ssh_host_port=port),
+            kernel_boot=self.kernel_boot(),
+        )
+
     def create_with_strata(self, name: str):
         """The provision steps a job runs, timed; returns (uuid, port, host key, timer)."""
         hv = self.hypervisor
@@ -108,21 +134,7 @@ class Bench:
         timer.lap("disk overlay")
         seed_path = hv.storage.write_seed(name, seed)
         timer.lap("seed volume")
-        hv.guests.define(
-            DomainSpec(
-                name=name,
-                uuid=vm_uuid,
-                vm_id=name,
-                environment_id="bench",
-                vcpus=VCPUS,
-                memory_mib=MEMORY_MIB,
-                disk_path=disk,
-                seed_path=seed_path,
-                console_log_path=hv.storage.console_log_path(name),
-                network=UserNetwork(ssh_host_port=port),
-                kernel_boot=self.kernel_boot(),
-            )
-        )
+        hv.guests.define(self.domain_spec(name, vm_uuid, disk, seed_path, port))
         timer.lap("define")
         hv.guests.start(vm_uuid)
         timer.lap("start")
@@ -172,6 +184,79 @@ class Bench:
             "start -> ssh": ssh_seconds,
             "start -> docker info": docker_seconds,
         }
+
+    def template_boots(self, vms: int) -> dict[str, float]:
+        """Build one template (a cold boot to Docker, saved), then ``vms`` VMs from it."""
+        hv = self.hypervisor
+        template, template_uuid = "bench-template", str(uuid.uuid4())
+        template_key = generate_ed25519_keypair()
+        (port,) = find_free_loopback_ports(1)
+        started = time.perf_counter()
+        disk = hv.storage.create_template_disk(template, self.image_name, DISK_GIB)
+        seed_path = hv.storage.write_template_seed(template, self.seed(template, template_key))
+        hv.guests.define(self.domain_spec(template, template_uuid, disk, seed_path, port))
+        hv.guests.start(template_uuid)
+        self.ssh_ready(port, template_key)
+        state_bytes = hv.templates.save(template, template_uuid)
+        result = {"template: cold boot to docker + save": time.perf_counter() - started}
+        disks = []
+        try:
+            for renew, label in ((True, ""), (False, ", engine id kept")):
+                to_ssh, to_docker = [], []
+                for run in range(vms):
+                    ssh_seconds, docker_seconds, disk_bytes = self.from_template(
+                        template, template_key, seed_path, f"bench-from-template-{run}", renew
+                    )
+                    to_ssh.append(ssh_seconds)
+                    to_docker.append(docker_seconds)
+                    disks.append(disk_bytes)
+                result[f"from template{label}: create -> ssh (new key), median"] = (
+                    statistics.median(to_ssh)
+                )
+                result[f"from template{label}: create -> docker info, median"] = statistics.median(
+                    to_docker
+                )
+        finally:
+            hv.templates.delete(template)
+        print(
+            f"\ntemplate memory state {state_bytes / 2**20:.0f} MiB; "
+            f"extra disk per VM after docker answers {statistics.median(disks) / 2**20:.1f} MiB"
+        )
+        return result
+
+    def from_template(
+        self, template: str, template_key, seed_path: str, name: str, renew_engine_id: bool
+    ):
+        hv = self.hypervisor
+        vm_uuid = str(uuid.uuid4())
+        host_key = generate_ed25519_keypair()
+        (port,) = find_free_loopback_ports(1)
+        manager_key = load_private_key(self.manager_key.private_openssh)
+        started = time.perf_counter()
+        disk = hv.storage.create_disk(name, self.image_name, DISK_GIB, template_name=template)
+        spec = self.domain_spec(name, vm_uuid, disk, seed_path, port)
+        hv.guests.define(spec)
+        try:
+            hv.templates.restore(template, spec, None)
+            endpoint = Endpoint("127.0.0.1", port, "root", template_key.public_openssh)
+            connection = wait_for_ssh(endpoint, manager_key, timeout=60)
+            try:
+                identity = GuestIdentity(
+                    name,
+                    uuid.UUID(vm_uuid).hex,
+                    host_key.private_openssh,
+                    host_key.public_openssh,
+                    renew_engine_id,
+                )
+                reidentify(connection, identity)
+            finally:
+                connection.close()
+            reidentified = time.perf_counter() - started
+            ssh_seconds, docker_seconds = self.ssh_ready(port, host_key)
+            disk_bytes = hv.storage.volume_allocation(disk)
+        finally:
+            hv.guests.destroy(name, vm_uuid)
+        return reidentified + ssh_seconds, reidentified + docker_seconds, disk_bytes
 
     def virt_install_boot(self, wait_for_boot: bool = True) -> dict[str, float]:
         name = "bench-virt-install"
@@ -300,6 +385,7 @@ def main() -> None:
         )
         if not args.no_boot:
             print_table("Strata: one full boot (TCG)", bench.strata_boot())
+            print_table("Strata from template (TCG)", bench.template_boots(1 if args.quick else 3))
             print_table(
                 "virt-install --import" + (": define + start" if args.quick else ": one full boot"),
                 bench.virt_install_boot(wait_for_boot=not args.quick),

@@ -277,6 +277,11 @@ STRATA_TEAM_LIMIT_RETRY_SECONDS = float(os.environ.get("STRATA_TEAM_LIMIT_RETRY_
 # Bounded waits for a new guest: a VM that is not ready by then fails its step.
 STRATA_SSH_READY_SECONDS = int(os.environ.get("STRATA_SSH_READY_SECONDS", "300"))
 STRATA_DOCKER_READY_SECONDS = int(os.environ.get("STRATA_DOCKER_READY_SECONDS", "120"))
+# A VM restored from a template gets a Docker engine id of its own by a dockerd
+# restart (about 15 s under TCG); "false" keeps the template's id for a faster start.
+STRATA_TEMPLATE_RENEW_ENGINE_ID = (
+    os.environ.get("STRATA_TEMPLATE_RENEW_ENGINE_ID", "true") != "false"
+)
 # The longest one rollout on one VM may wait for its containers to turn healthy,
 # over all its replicas and checks: a release not healthy by then is rolled back.
 STRATA_ROLLOUT_HEALTH_SECONDS = float(os.environ.get("STRATA_ROLLOUT_HEALTH_SECONDS", "180"))

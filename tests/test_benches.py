@@ -70,4 +70,6 @@ def test_vm_create_bench_quick():
     out = run_bench("vm_create", 900)
     assert "Strata: one full boot (TCG)" in out
     assert "start -> docker info" in out
+    assert "Strata from template (TCG)" in out
+    assert "from template: create -> docker info, median" in out
     assert "virt-install --import: define + start" in out

@@ -53,6 +53,20 @@ def reconcile_host(host_id: int) -> dict:
     return run(host_id)
 
 
+@app.task(name="strata.build_template")
+def build_template(host_id: int, image_id: int, flavor_id: int) -> str:
+    """Build a template on its host's queue (the worker runs where the state file goes)."""
+    from cloud.models import Flavor, Host, Image
+    from workers.jobs.templates import build_template as build
+
+    template = build(
+        Host.objects.get(pk=host_id),
+        Image.objects.get(pk=image_id),
+        Flavor.objects.get(pk=flavor_id),
+    )
+    return template.name
+
+
 @app.task(name="strata.container_logs")
 def container_logs(container_id: int, tail: int, since: float | None) -> str:
     """A container's log tail, read from its VM's engine (the web layer never SSHes)."""

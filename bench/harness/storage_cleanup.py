@@ -29,5 +29,12 @@ def remove_domains_in(hypervisor: Hypervisor) -> None:
     the ones this installation made, and no other's."""
     prefix = hypervisor.storage.data_dir.rstrip("/") + "/"
     for domain in hypervisor.host.connection.listAllDomains(0):
-        if prefix in domain.XMLDesc(0):
+        try:
+            xml = domain.XMLDesc(0)
+        except libvirt.libvirtError as error:
+            # Another installation's domain, undefined since the listing.
+            if error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                continue
+            raise
+        if prefix in xml:
             hypervisor.guests.destroy(domain.name(), domain.UUIDString())

@@ -1,4 +1,6 @@
 from django.contrib import admin
+from django.db.models import Count
+from django.utils.timesince import timesince
 
 from cloud.models import (
     ConsoleTicket,
@@ -19,9 +21,11 @@ from cloud.models import (
     Release,
     Secret,
     Service,
+    Template,
     VirtualMachine,
     VMSample,
 )
+from cloud.services import templates
 
 
 class RecordAdmin(admin.ModelAdmin):
@@ -257,6 +261,58 @@ class VMSampleAdmin(RecordAdmin):
     list_filter = ["vm__host"]
     search_fields = ["vm__name", "vm__environment__name"]
     date_hierarchy = "at"
+
+
+@admin.register(Template)
+class TemplateAdmin(RecordAdmin):
+    """Saved booted guests VMs are restored from; built by `manage.py
+    build_template`, marked stale by a failed restore, never edited by hand
+    (the saved memory must match what the row says)."""
+
+    list_display = [
+        "name",
+        "host",
+        "image",
+        "flavor",
+        "guest_config_version",
+        "state",
+        "progress",
+        "size_on_disk",
+        "memory_state_size",
+        "age",
+        "vms_made",
+    ]
+    list_filter = ["state", "host", "image", "flavor"]
+    exclude = ["host_key_private"]
+    actions = ["build_again"]
+
+    @admin.action(description="Build again (a new template of the same host, image and flavor)")
+    def build_again(self, request, queryset):
+        kinds = {
+            (t.host, t.image, t.flavor) for t in queryset.select_related("host", "image", "flavor")
+        }
+        for host, image, flavor in kinds:
+            templates.request_build(host, image, flavor)
+        self.message_user(request, f"{len(kinds)} template build(s) sent to the hosts' workers")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(vms_made=Count("vms"))
+
+    @admin.display(description="size on disk")
+    def size_on_disk(self, template):
+        return f"{template.disk_bytes / 2**20:.0f} MiB"
+
+    @admin.display(description="memory state")
+    def memory_state_size(self, template):
+        return f"{template.memory_state_bytes / 2**20:.0f} MiB"
+
+    @admin.display(description="age")
+    def age(self, template):
+        return timesince(template.built_at) if template.built_at else "not built"
+
+    @admin.display(description="VMs made", ordering="vms_made")
+    def vms_made(self, template):
+        return template.vms_made
 
 
 @admin.register(ConsoleTicket)

@@ -45,6 +45,7 @@ from cloud.models.releases import (
     TargetOutcome,
 )
 from cloud.models.states import DeploymentState, JobState, VMState
+from cloud.models.templates import Template, TemplateState
 
 __all__ = [
     "ConsoleTicket",
@@ -77,6 +78,8 @@ __all__ = [
     "Service",
     "ServiceRestartPolicy",
     "TargetOutcome",
+    "Template",
+    "TemplateState",
     "VMSample",
     "VMState",
     "VirtualMachine",

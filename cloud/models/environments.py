@@ -97,6 +97,10 @@ class VirtualMachine(StatefulModel):
     # by ``mac_address``, which is derived from ``uuid``): kept across reboots.
     segment_ip = models.GenericIPAddressField(protocol="IPv4", null=True, blank=True)
     mac_address = models.CharField(max_length=17, blank=True, editable=False)
+    # The template it was restored from; None: cold-booted.
+    template = models.ForeignKey(
+        "cloud.Template", null=True, blank=True, on_delete=models.SET_NULL, related_name="vms"
+    )
     error = models.TextField(blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

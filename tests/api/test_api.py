@@ -24,7 +24,7 @@ def test_create_answers_202_with_the_job(make_team, catalogue, api_as):
     detail = api_as(user).get(job["url"])
     assert detail.status_code == 200 and detail.json()["id"] == job["id"]
     child = api_as(user).get(job["children"][0]).json()
-    assert [s["name"] for s in child["steps"]][:2] == ["reserve", "create disk"]
+    assert [s["name"] for s in child["steps"]][:3] == ["reserve", "choose path", "create disk"]
 
 
 HOSTILE = [

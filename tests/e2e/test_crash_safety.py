@@ -29,15 +29,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 STEPS = [
     "reserve",
+    "choose path",
     "create disk",
     "write seed",
     "ensure network",
     "define",
     "start",
+    "re-identity",
     "wait for ssh",
     "check docker",
 ]
-BEFORE_BOOT = STEPS[:5]
+BEFORE_BOOT = STEPS[: STEPS.index("start")]
 # Redelivery within seconds of a kill: Redis restores the dead worker's message,
 # and the job's lease (not renewed by the dead run) has expired by then.
 FAST_REDELIVERY = {

@@ -11,6 +11,7 @@ from cloud.models import (
     Orphan,
     RegistryImage,
     RegistryTag,
+    Template,
     VMSample,
 )
 from tenants.models import ApiToken, AuditEvent, Team
@@ -32,7 +33,17 @@ def test_admin_pages_load(admin_client, make_team, model):
     env = team_world(team, port=20022)
     AuditEvent.record("test", team=team, actor=user, target=team)
     ApiToken.issue(user, "ci")
-    Orphan.objects.create(host=env.vms.get().host, kind="volume", name="strata-x.disk.qcow2")
+    vm = env.vms.get()
+    Orphan.objects.create(host=vm.host, kind="volume", name="strata-x.disk.qcow2")
+    Template.objects.create(
+        host=vm.host,
+        image=vm.image,
+        flavor=vm.flavor,
+        image_sha256=vm.image.sha256,
+        guest_config_version=1,
+        host_key_public="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIK0 strata-template",
+        host_key_private="-----BEGIN OPENSSH PRIVATE KEY-----",
+    )
     label = f"{model._meta.app_label}_{model._meta.model_name}"
 
     changelist = admin_client.get(reverse(f"admin:{label}_changelist"), {"q": "a"})
@@ -42,8 +53,8 @@ def test_admin_pages_load(admin_client, make_team, model):
     change = admin_client.get(reverse(f"admin:{label}_change", args=[instance.pk]))
     assert change.status_code == 200
     add = admin_client.get(reverse(f"admin:{label}_add"))
-    # Evidence, issued keys, measurements, what the registry reported and the
-    # logins teams register are not made by hand in the admin.
+    # Evidence, issued keys, measurements, what the registry reported, the
+    # logins teams register and saved templates are not made by hand in the admin.
     by_hand_refused = (
         AuditEvent,
         ApiToken,
@@ -52,6 +63,7 @@ def test_admin_pages_load(admin_client, make_team, model):
         RegistryImage,
         RegistryTag,
         ExternalRegistry,
+        Template,
     )
     assert add.status_code == (403 if model in by_hand_refused else 200)
 
@@ -87,3 +99,26 @@ def test_team_admin_shows_members(admin_client, make_team):
     page = admin_client.get(reverse("admin:tenants_team_changelist"))
     assert b"alpha" in page.content
     assert Team.objects.get(pk=team.pk).quota
+
+
+def test_the_build_again_action_sends_one_build_per_kind(
+    admin_client, make_team, django_capture_on_commit_callbacks
+):
+    team, _ = make_team("alpha")
+    vm = team_world(team, port=20022).vms.get()
+    kind = dict(host=vm.host, image=vm.image, flavor=vm.flavor, image_sha256=vm.image.sha256)
+    pks = [
+        Template.objects.create(
+            **kind, guest_config_version=1, host_key_public="k", host_key_private="k"
+        ).pk
+        for _ in range(2)
+    ]
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        page = admin_client.post(
+            reverse("admin:cloud_template_changelist"),
+            {"action": "build_again", "_selected_action": pks},
+            follow=True,
+        )
+    assert page.status_code == 200
+    assert b"1 template build(s) sent" in page.content
+    assert len(sent) == 1

@@ -20,7 +20,7 @@ from workers.jobs.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-BOOT_STEPS = ("start", "wait for ssh", "check docker")
+BOOT_STEPS = ("start", "re-identity", "wait for ssh", "check docker")
 
 
 @pytest.fixture

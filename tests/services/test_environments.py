@@ -38,11 +38,13 @@ def test_create_writes_desired_state_a_job_per_vm_and_an_audit_event(make_team, 
     assert all(c.queue == catalogue.queue and c.kind == "provision_vm" for c in children)
     assert [s.name for s in children[0].steps.order_by("index")] == [
         "reserve",
+        "choose path",
         "create disk",
         "write seed",
         "ensure network",
         "define",
         "start",
+        "re-identity",
         "wait for ssh",
         "check docker",
     ]

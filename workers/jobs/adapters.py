@@ -14,7 +14,7 @@ from functools import cache
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from cloud.models import Environment, Host, PortForward, VirtualMachine, VMState
+from cloud.models import Environment, Host, Image, PortForward, VirtualMachine, VMState
 from workers.drivers.guest import ConnectionPool, Endpoint, SSHConnection, load_private_key
 from workers.drivers.guest.guest_proxy import GuestProxy
 from workers.drivers.hypervisor import (
@@ -133,11 +133,12 @@ def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
         ssh_host_port=ssh_port(vm),
         forwards=tuple(ForwardSpec(f.host_port, f.guest_port) for f in published),
     )
-    kernel = None
-    if vm.image.kernel_path:
-        kernel = KernelBoot(
-            vm.image.kernel_path, vm.image.initrd_path or None, vm.image.kernel_cmdline
-        )
+    # A VM restored from a template keeps the template's seed: the same
+    # instance-id, so cloud-init never runs again on a reboot of it.
+    if vm.template_id is not None:
+        seed_path = hv.storage.template_seed_path(vm.template.name)
+    else:
+        seed_path = hv.storage.seed_path(vm.domain_name)
     return DomainSpec(
         name=vm.domain_name,
         uuid=str(vm.uuid),
@@ -149,11 +150,18 @@ def domain_spec(vm: VirtualMachine, hv: Hypervisor) -> DomainSpec:
         console_log_path=hv.storage.console_log_path(vm.domain_name),
         network=network,
         segment=segment_nic(vm),
-        seed_path=hv.storage.seed_path(vm.domain_name),
+        seed_path=seed_path,
         virt_type=vm.host.virt_type,
         cpu_mode=vm.host.cpu_mode,
-        kernel_boot=kernel,
+        kernel_boot=kernel_boot(vm.image),
     )
+
+
+def kernel_boot(image: Image) -> KernelBoot | None:
+    """Direct kernel boot for an image that ships its kernel; None boots its disk."""
+    if not image.kernel_path:
+        return None
+    return KernelBoot(image.kernel_path, image.initrd_path or None, image.kernel_cmdline)
 
 
 # --- environment segments -------------------------------------------------------

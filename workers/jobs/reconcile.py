@@ -54,6 +54,7 @@ from workers.jobs.queue import enqueue
 from workers.jobs.steps.deploy import note_proxy_restart
 from workers.jobs.steps.segment import repair_records
 from workers.jobs.steps.vm_ops import STATE_OF_DOMAIN, record_state
+from workers.jobs.templates import collect_templates
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def reconcile_host(host_id: int) -> dict[str, int]:
         counts["orphans_removed"] = _sweep_orphans(host, hv, found)
         counts["samples"] = _record_samples(hv, vms, domains)
         counts["segments_repaired"] = repair_records(hv, host, busy)
+        counts["templates_collected"] = collect_templates(host, hv)
     return counts
 
 

@@ -31,6 +31,7 @@ from .errors import (
     SSHUnreachable,
 )
 from .guest_proxy import GuestProxy, ProxyNotRunning, ProxyStartFailed
+from .identity import GuestIdentity, reidentify
 from .images import (
     PushResult,
     RegistryAuth,
@@ -61,6 +62,7 @@ __all__ = [
     "GuestProxy",
     "HealthCheck",
     "HealthCheckFailed",
+    "GuestIdentity",
     "HostKeyMismatch",
     "ImageShipFailed",
     "InvalidSpec",
@@ -85,6 +87,7 @@ __all__ = [
     "pull_by_digest",
     "pull_image",
     "push_image",
+    "reidentify",
     "remove_container",
     "roll_out",
     "spread_replicas",

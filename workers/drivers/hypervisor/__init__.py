@@ -35,6 +35,7 @@ from .spec import (
     UserNetwork,
 )
 from .storage import Storage, StrataVolume, VolumeKind
+from .templates import StateFileInvalid, Templates
 
 __all__ = [
     "STRATA_NAMESPACE",
@@ -69,7 +70,9 @@ __all__ = [
     "StrataDomain",
     "StrataMetadata",
     "StrataNetwork",
+    "StateFileInvalid",
     "StrataVolume",
+    "Templates",
     "UserNetwork",
     "VolumeKind",
     "build_seed_iso",

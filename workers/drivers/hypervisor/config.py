@@ -239,6 +239,9 @@ class DomainConfig(LibvirtConfig):
         domain = ET.Element("domain", type=spec.virt_type)
         _sub(domain, "name", spec.name)
         _sub(domain, "uuid", require_uuid("uuid", spec.uuid))
+        # A VM generation ID device: libvirt gives it a new value on every restore,
+        # and the guest kernel (vmgenid) reseeds its RNG when it changes.
+        _sub(domain, "genid")
         metadata = StrataMetadata(spec.vm_id, spec.environment_id, self.installation_id)
         _sub(domain, "metadata").append(metadata.element())
         _sub(domain, "memory", str(spec.memory_mib), unit="MiB")
@@ -256,6 +259,40 @@ class DomainConfig(LibvirtConfig):
         if isinstance(spec.network, UserNetwork):
             _qemu_commandline(domain, spec.network)
         return domain
+
+
+def restored_domain_xml(saved_xml: str, config: DomainConfig) -> str:
+    """The XML to restore a template's saved state as the domain of ``config``.
+
+    The devices (and so the machine's ABI) stay the template's as libvirt
+    saved them; the identity and the host-side paths become the new VM's:
+    name, uuid, Strata metadata, its own disk (an overlay over the template's),
+    console log, loopback forwards, and a fresh generation ID.
+    """
+    saved = parse_libvirt_xml(saved_xml)
+    new = config.element()
+    saved.attrib.pop("id", None)
+    for tag in ("name", "uuid", "metadata", "genid", f"{{{QEMU_NAMESPACE}}}commandline"):
+        old_element = saved.find(tag)
+        index = list(saved).index(old_element) if old_element is not None else len(saved)
+        if old_element is not None:
+            saved.remove(old_element)
+        new_element = new.find(tag)
+        if new_element is not None:
+            saved.insert(index, new_element)
+    for disk in saved.findall("devices/disk"):
+        if disk.find("target").get("dev") != "vda":
+            continue
+        disk.find("source").set("file", config.spec.disk_path)
+        for backing in disk.findall("backingStore"):
+            disk.remove(backing)
+    for log in saved.findall("devices/serial/log"):
+        log.set("file", config.spec.console_log_path)
+    for channel in saved.findall("devices/channel"):
+        # libvirt names the agent's socket after the domain; let it name the new one.
+        for source in channel.findall("source"):
+            channel.remove(source)
+    return ET.tostring(saved, encoding="unicode")
 
 
 def disk_targets(domain_xml: str) -> list[tuple[str, bool]]:

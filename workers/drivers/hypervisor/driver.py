@@ -14,13 +14,14 @@ from .host import Host
 from .network import NetworkDriver
 from .snapshots import Snapshots
 from .storage import Storage
+from .templates import Templates
 from .validation import STRATA_ID_PATTERN, require_match
 
 
 class Hypervisor:
     """A libvirt host: ``host`` (the connection, capacity, virtualisation),
     ``storage`` (pools and volumes under ``data_dir``), ``guests`` (domains),
-    ``snapshots`` and ``networks``, all on one connection.
+    ``snapshots``, ``templates`` (saved booted guests) and ``networks``, all on one connection.
 
     ``installation_id`` marks the domains, VM volumes and networks this driver makes, so
     that another Strata on the same libvirtd can tell them from its own.
@@ -47,6 +48,7 @@ class Hypervisor:
             raise
         self.guests = Guests(self.host, self.storage, installation_id)
         self.snapshots = Snapshots(self.host)
+        self.templates = Templates(self.host, self.storage, self.guests)
         self.networks = NetworkDriver(self.host, installation_id)
 
     def close(self) -> None:

@@ -42,6 +42,9 @@ MAX_DISK_GIB = 64 * 1024
 BASE_SUFFIX = ".base.qcow2"
 DISK_SUFFIX = ".disk.qcow2"
 SEED_SUFFIX = ".seed.iso"
+# A template's frozen disk and seed: not a VM's, so never swept as an orphan disk.
+TEMPLATE_DISK_SUFFIX = ".template.qcow2"
+TEMPLATE_SEED_SUFFIX = ".template-seed.iso"
 CONSOLE_SUFFIX = ".log"
 # How long an import waits for another process importing the same base; an
 # upload of a few hundred MiB takes seconds, so this only trips on a hung one.
@@ -57,6 +60,7 @@ class VolumeKind(enum.Enum):
     BASE = "base"
     DISK = "disk"
     SEED = "seed"
+    TEMPLATE = "template"
     UNKNOWN = "unknown"
 
 
@@ -80,7 +84,12 @@ def _volume_kind(name: str) -> tuple[VolumeKind, str | None, str | None]:
     installation ids have no dots), its seed the same with ``.seed.iso``."""
     if name.endswith(BASE_SUFFIX):
         return VolumeKind.BASE, name[: -len(BASE_SUFFIX)], None
-    for suffix, kind in ((DISK_SUFFIX, VolumeKind.DISK), (SEED_SUFFIX, VolumeKind.SEED)):
+    for suffix, kind in (
+        (DISK_SUFFIX, VolumeKind.DISK),
+        (SEED_SUFFIX, VolumeKind.SEED),
+        (TEMPLATE_DISK_SUFFIX, VolumeKind.TEMPLATE),
+        (TEMPLATE_SEED_SUFFIX, VolumeKind.TEMPLATE),
+    ):
         if name.endswith(suffix):
             owner, _dot, installation_id = name[: -len(suffix)].partition(".")
             return kind, owner, installation_id or None
@@ -164,6 +173,21 @@ class Storage:
 
     def seed_path(self, vm_name: str) -> str:
         return os.path.join(self.volumes_dir, self._vm_volume_name(vm_name, SEED_SUFFIX))
+
+    def template_disk_path(self, template_name: str) -> str:
+        return os.path.join(
+            self.volumes_dir, self._vm_volume_names(template_name, TEMPLATE_DISK_SUFFIX)[0]
+        )
+
+    def template_seed_path(self, template_name: str) -> str:
+        return os.path.join(
+            self.volumes_dir, self._vm_volume_names(template_name, TEMPLATE_SEED_SUFFIX)[0]
+        )
+
+    @property
+    def templates_dir(self) -> str:
+        """Where templates' memory states are saved (written by libvirtd itself)."""
+        return os.path.join(self.data_dir, "templates")
 
     def console_log_path(self, vm_name: str) -> str:
         name = require_domain_name("name", vm_name)
@@ -327,18 +351,36 @@ class Storage:
 
     # -- a VM's volumes ---------------------------------------------------
 
-    def create_disk(self, vm_name: str, image_name: str, size_gib: int) -> str:
-        """The VM's disk: a qcow2 overlay on the base volume, ``size_gib`` large.
+    def create_disk(
+        self, vm_name: str, image_name: str, size_gib: int, *, template_name: str | None = None
+    ) -> str:
+        """The VM's disk: a qcow2 overlay on the base volume (or on the frozen
+        disk of ``template_name``), ``size_gib`` large.
 
         Nothing of the base is copied; the guest's writes land in the overlay.
         Returns the disk's path.
         """
         require_domain_name("name", vm_name)
         _require_image_name(image_name)
+        if template_name is None:
+            backing_name = image_name + BASE_SUFFIX
+        else:
+            backing_name = self._vm_volume_names(template_name, TEMPLATE_DISK_SUFFIX)[0]
+        return self._create_overlay(
+            self._vm_volume_name(vm_name, DISK_SUFFIX), backing_name, size_gib
+        )
+
+    def create_template_disk(self, template_name: str, image_name: str, size_gib: int) -> str:
+        """A template's disk over the base; frozen once its memory state is saved."""
+        _require_image_name(image_name)
+        name = self._vm_volume_names(template_name, TEMPLATE_DISK_SUFFIX)[0]
+        return self._create_overlay(name, image_name + BASE_SUFFIX, size_gib)
+
+    def _create_overlay(self, name: str, backing_name: str, size_gib: int) -> str:
         require_int("size_gib", size_gib, 1, MAX_DISK_GIB)
-        base = self._volume(image_name + BASE_SUFFIX)
+        base = self._volume(backing_name)
         if base is None:
-            raise NotFound(f"base image {image_name!r} is not imported")
+            raise NotFound(f"backing volume {backing_name!r} is not there")
         with libvirt_errors():
             base_capacity = base.info()[1]
             capacity = size_gib * GIB
@@ -346,7 +388,6 @@ class Storage:
                 raise InvalidSpec(
                     "size_gib", f"must be at least the image's {-(-base_capacity // GIB)} GiB"
                 )
-            name = self._vm_volume_name(vm_name, DISK_SUFFIX)
             volume = self._volume(name)
             if volume is None:
                 overlay = VolumeConfig(name, capacity, "qcow2", backing_path=base.path())
@@ -357,7 +398,13 @@ class Storage:
 
     def write_seed(self, vm_name: str, seed_iso: bytes) -> str:
         """Store the NoCloud seed as a raw volume (rewritten on every call); its path."""
-        name = self._vm_volume_name(vm_name, SEED_SUFFIX)
+        return self._write_raw(self._vm_volume_name(vm_name, SEED_SUFFIX), seed_iso)
+
+    def write_template_seed(self, template_name: str, seed_iso: bytes) -> str:
+        name = self._vm_volume_names(template_name, TEMPLATE_SEED_SUFFIX)[0]
+        return self._write_raw(name, seed_iso)
+
+    def _write_raw(self, name: str, seed_iso: bytes) -> str:
         with libvirt_errors():
             volume = self._volume(name)
             if volume is not None:
@@ -372,6 +419,27 @@ class Storage:
             for name in set(self._vm_volume_names(vm_name, suffix)):
                 self._delete_volume(name)
         self._delete_volume(vm_name + CONSOLE_SUFFIX, self.console_pool_name)
+
+    def delete_template_volumes(self, template_name: str) -> None:
+        """Remove a template's disk and seed; refused while a VM disk is backed by it."""
+        disk_name = self._vm_volume_names(template_name, TEMPLATE_DISK_SUFFIX)[0]
+        volume = self._volume(disk_name)
+        if volume is not None:
+            with libvirt_errors():
+                users = self._overlays_of(volume.path())
+            if users:
+                raise InvalidState(f"template {template_name!r} is used by {', '.join(users)}")
+        for suffix in (TEMPLATE_DISK_SUFFIX, TEMPLATE_SEED_SUFFIX):
+            self._delete_volume(self._vm_volume_names(template_name, suffix)[0])
+        self._delete_volume(template_name + CONSOLE_SUFFIX, self.console_pool_name)
+
+    def volume_allocation(self, path: str) -> int:
+        """Bytes a volume of this pool takes on disk (0 when it is gone)."""
+        volume = self._volume(os.path.basename(path))
+        if volume is None:
+            return 0
+        with libvirt_errors():
+            return volume.info()[2]
 
     def list_volumes(self) -> list[StrataVolume]:
         """Every volume in Strata's pool, classified by name (for orphan detection)."""
