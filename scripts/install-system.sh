@@ -14,6 +14,8 @@ packages=(
   redis-server postgresql openssh-server openssh-client
   # tools used by scripts and the benchmarks
   iproute2 procps util-linux curl virtinst
+  # the tests check rendered XML against libvirt's schemas (virt-xml-validate uses xmllint)
+  libxml2-utils
   # environment networks (libvirt network dnsmasq) and the service proxy
   dnsmasq-base haproxy
 )
