@@ -173,6 +173,7 @@ def test_viewers_get_403_for_every_action_and_nothing_changes(client, world, mon
         "portal:environment-create",
         "portal:deploy",
         "portal:vm-action",
+        "portal:image-delete",
         "portal:job-cancel",
         "portal:service-action",
         "portal:environment-destroy",

@@ -5,6 +5,7 @@ registry that does not answer changes nothing."""
 
 import pytest
 import requests
+from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -131,3 +132,34 @@ def test_a_registry_that_does_not_answer_changes_nothing(registry_settings, make
     assert answer.status_code == 503, answer.content
     assert "does not answer" in answer.json()["detail"]
     assert RegistryImage.objects.filter(pk=image.pk).exists()
+
+
+def portal_client(key: str) -> Client:
+    client = Client()
+    client.force_login(ApiToken.authenticate(key).user)
+    return client
+
+
+def test_the_portal_lists_images_with_what_pins_them_and_deletes_alike(
+    pushed, registry, api_key, make_team
+):
+    admin = portal_client(api_key("alpha", "admin"))
+    release = pin(pushed, registry)
+    page = admin.get("/t/alpha/images/").content.decode()
+    assert "alpha/web" in page and pushed.digest[:19] in page and ">1<" in page
+    assert f"dev/site v{release.version}" in page
+    assert "/delete/" not in page  # no delete button for a pinned image
+    refused = admin.post(f"/t/alpha/images/{pushed.pk}/delete/", follow=True)
+    assert "pinned by releases dev/site v3" in refused.content.decode()
+    assert manifest_status(registry, pushed) == 200
+    release.delete()
+    assert f"/t/alpha/images/{pushed.pk}/delete/" in admin.get("/t/alpha/images/").content.decode()
+    done = admin.post(f"/t/alpha/images/{pushed.pk}/delete/", follow=True)
+    assert "Image deleted" in done.content.decode()
+    assert manifest_status(registry, pushed) == 404
+    assert not RegistryImage.objects.filter(pk=pushed.pk).exists()
+    # Another team's members see none of it.
+    _, stranger = make_team("beta")
+    other = Client()
+    other.force_login(stranger)
+    assert "alpha/web" not in other.get("/t/beta/images/").content.decode()

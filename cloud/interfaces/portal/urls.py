@@ -9,6 +9,7 @@ from cloud.interfaces.portal.views import (
     console,
     dashboard,
     environments,
+    images,
     jobs,
     tokens,
     vms,
@@ -38,6 +39,8 @@ team_urls = [
     path("jobs/<uuid:job_id>/live/", jobs.job_live, name="job-live"),
     path("jobs/<uuid:job_id>/cancel/", jobs.job_cancel, name="job-cancel"),
     path("audit/", audit.audit_log, name="audit"),
+    path("images/", images.image_list, name="images"),
+    path("images/<int:image_id>/delete/", images.image_delete, name="image-delete"),
 ]
 
 urlpatterns = [
