@@ -2,18 +2,23 @@
 registry, pushing from the host's dockerd: only the layers the registry
 lacks are sent, a progress line per layer, errors name what is wrong."""
 
+import io
 import os
 import subprocess
 import sys
+import tarfile
+import time
 import uuid
 
 import docker
 import pytest
+import requests
 
-from bench.harness.guest_servers import build_on_top
-from cloud.models import Release
+from bench.harness.guest_servers import build_on_top, wait_for
+from cloud.models import RegistryImage, Release
 from tenants.models import Team
 from tests.services.conftest import catalogue, dev_environment  # noqa: F401 - fixture
+from workers.jobs.registry import manager_token
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
@@ -115,3 +120,49 @@ def test_bad_input_and_refusals_exit_2_saying_why(strata_push, api_key, local_im
     assert "denied" in viewer.stderr or "unauthorized" in viewer.stderr
     stranger = strata_push("strata_not-a-token", f"{name}:1")
     assert stranger.returncode == 2 and "401" in stranger.stderr
+
+
+def test_a_push_cut_off_halfway_leaves_no_tag_and_a_retry_completes(
+    strata_push, live_server, registry, api_key
+):
+    """The registry takes the manifest only after every layer, so a push killed
+    while a layer is uploading leaves no tag and no image record."""
+    name = f"strata-push-big-{uuid.uuid4().hex[:8]}"
+    layer = io.BytesIO()
+    with tarfile.open(fileobj=layer, mode="w") as tar:
+        payload = os.urandom(96 * 1024 * 1024)  # incompressible: the upload takes a while
+        info = tarfile.TarInfo("payload")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    subprocess.run(
+        ["docker", "import", "-", f"{name}:1"], input=layer.getvalue(), check=True, timeout=120
+    )
+    key = api_key("alpha", "developer")
+    env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
+    env.pop("STRATA_TEAM", None)
+    try:
+        pushing = subprocess.Popen(
+            [sys.executable, "-m", "cloud.interfaces.cli", "push", f"{name}:1", "--name", "big"],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        uploading = next((line for line in pushing.stdout if "Pushing" in line), None)
+        assert uploading, "the push never began uploading a layer"
+        pushing.kill()
+        pushing.wait(10)
+        time.sleep(2)  # what the engine still had in flight
+        tags = requests.get(
+            f"http://{registry}/v2/alpha/big/tags/list",
+            headers={"Authorization": f"Bearer {manager_token('alpha/big')}"},
+            timeout=10,
+        )
+        assert tags.status_code == 404 or not tags.json().get("tags"), tags.text
+        assert not RegistryImage.objects.filter(repository="alpha/big").exists()
+
+        again = strata_push(key, f"{name}:1", "--name", "big")
+        assert again.returncode == 0, again.stderr
+        wait_for(RegistryImage.objects.filter(repository="alpha/big").exists, 30, "the push event")
+        assert RegistryImage.objects.get(repository="alpha/big").tags.get().tag == "1"
+    finally:
+        subprocess.run(["docker", "rmi", "--force", f"{name}:1"], capture_output=True, timeout=60)
