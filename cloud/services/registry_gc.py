@@ -18,9 +18,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from cloud.models import RegistryImage
-from tenants.models import AuditEvent
-from workers.drivers.registry import delete_manifest
-from workers.jobs.registry import manager_token
+
+from .registry_images import remove_image
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +48,7 @@ def collect_unused_images() -> list[Collected]:
             image = collectable_images().select_for_update(of=("self",)).filter(pk=pk).first()
             if image is None or image.pinned_by().exists():
                 continue
-            delete_manifest(
-                settings.STRATA_REGISTRY_ADDR,
-                image.repository,
-                image.digest,
-                manager_token(image.repository, ("delete",)),
-            )
-            AuditEvent.record(
-                "image.collect",
-                team=image.team,
-                actor=None,
-                target=image,
-                repository=image.repository,
-                digest=image.digest,
-            )
-            image.delete()
+            remove_image(image, "image.collect")
         log.info("registry gc: deleted %s@%s", image.repository, image.digest)
         collected.append(Collected(image.repository, image.digest))
     return collected

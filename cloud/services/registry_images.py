@@ -171,18 +171,24 @@ def delete_image(*, user, team, image_id) -> None:
                 f"{r.service.environment.name}/{r.service.name} v{r.version}" for r in pinned
             )
             raise Conflict("image", f"{image} is pinned by releases {names}: not deleted")
-        delete_manifest(
-            settings.STRATA_REGISTRY_ADDR,
-            image.repository,
-            image.digest,
-            manager_token(image.repository, ("delete",)),
-        )
-        AuditEvent.record(
-            "image.delete",
-            team=team,
-            actor=user,
-            target=image,
-            repository=image.repository,
-            digest=image.digest,
-        )
-        image.delete()
+        remove_image(image, "image.delete", actor=user)
+
+
+def remove_image(image: RegistryImage, action: str, actor=None) -> None:
+    """Delete ``image``'s manifest in the registry (RegistryDown: nothing changed),
+    then its record, audited as ``action``; the caller holds the row's lock."""
+    delete_manifest(
+        settings.STRATA_REGISTRY_ADDR,
+        image.repository,
+        image.digest,
+        manager_token(image.repository, ("delete",)),
+    )
+    AuditEvent.record(
+        action,
+        team=image.team,
+        actor=actor,
+        target=image,
+        repository=image.repository,
+        digest=image.digest,
+    )
+    image.delete()
