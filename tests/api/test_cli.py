@@ -14,23 +14,28 @@ from tests.foundation.factories import team_world
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.integration]
 
 
-@pytest.fixture
-def strata(live_server, make_team, catalogue):
-    team, user = make_team("alpha")
+def cli_for(live_server, user):
+    """``run(*args, stdin="", token=...)``: ``strata`` as a subprocess with a token of ``user``."""
     _, key = ApiToken.issue(user, "cli")
 
-    def run(*args, token=key):
+    def run(*args, stdin="", token=key):
         env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": token}
         env.pop("STRATA_TEAM", None)
         return subprocess.run(
             [sys.executable, "-m", "cloud.interfaces.cli", "--interval", "0.1", *args],
             env=env,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=60,
         )
 
     return run
+
+
+@pytest.fixture
+def strata(live_server, make_team, catalogue):
+    return cli_for(live_server, make_team("alpha")[1])
 
 
 def test_env_create_list_show_and_jobs(strata):
@@ -116,19 +121,7 @@ def test_deploy_scale_and_bad_health(strata):
 
 def test_secrets_from_stdin(live_server, make_team, catalogue):
     team, user = make_team("gamma")
-    _, key = ApiToken.issue(user, "cli")
-    env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
-    env.pop("STRATA_TEAM", None)
-
-    def run(*args, stdin=""):
-        return subprocess.run(
-            [sys.executable, "-m", "cloud.interfaces.cli", *args],
-            env=env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    run = cli_for(live_server, user)
 
     # Finding 9.3: a secret names its scope, and the same name holds a value per scope.
     assert run("secret", "set", "db-password", stdin="hunter2\n").returncode == 2
@@ -148,19 +141,7 @@ def test_secrets_from_stdin(live_server, make_team, catalogue):
 
 def test_registries_from_stdin(live_server, make_team):
     team, user = make_team("gamma")
-    _, key = ApiToken.issue(user, "cli")
-    env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
-    env.pop("STRATA_TEAM", None)
-
-    def run(*args, stdin=""):
-        return subprocess.run(
-            [sys.executable, "-m", "cloud.interfaces.cli", *args],
-            env=env,
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+    run = cli_for(live_server, user)
 
     added = run("registry", "add", "ghcr.io", "--username", "ci", stdin="ghp_secret-token\n")
     assert added.returncode == 0, added.stderr
@@ -196,17 +177,10 @@ def test_env_show_services_releases_and_images_for_people_and_scripts(
         image_digest="sha256:" + "b" * 64,
         spec={"image": "web:2"},
     )
-    _, key = ApiToken.issue(user, "cli")
-    env = {**os.environ, "STRATA_URL": live_server.url, "STRATA_TOKEN": key}
+    run = cli_for(live_server, user)
 
     def strata(*args):
-        done = subprocess.run(
-            [sys.executable, "-m", "cloud.interfaces.cli", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = run(*args)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -233,11 +207,5 @@ def test_env_show_services_releases_and_images_for_people_and_scripts(
     assert json.loads(strata("env", "list", "--json"))[0]["name"] == "dev"
     assert json.loads(strata("jobs", "list", "--json"))[0]["kind"] == "provision"
 
-    unknown = subprocess.run(
-        [sys.executable, "-m", "cloud.interfaces.cli", "releases", "nope"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    unknown = run("releases", "nope")
     assert unknown.returncode == 2 and "no environment named 'nope'" in unknown.stderr
