@@ -490,6 +490,7 @@ READ_ONLY_ROUTES = {
     "portal:job",
     "portal:job-live",
     "portal:audit",
+    "portal:images",
 }
 
 
@@ -575,6 +576,14 @@ PORTAL_CASES = [
     PortalCase(
         "portal:job-cancel",
         lambda s: {"team": s["team"].name, "job_id": s["running_job"].pk},
+        None,
+        {},
+    ),
+    # No input but the image named in the URL: a delete answers with the page again,
+    # deleted or refused with the reason (here the registry, not started, is down).
+    PortalCase(
+        "portal:image-delete",
+        lambda s: {"team": s["team"].name, "image_id": s["image"].pk},
         None,
         {},
     ),
