@@ -56,6 +56,20 @@ POOL_REFRESH_SECONDS = 60.0
 POOL_BUSY_MESSAGE = "has asynchronous jobs running"
 
 
+def wait_for_flock(lock_file, seconds: float, holder: str) -> None:
+    """Take an exclusive flock on ``lock_file``, waiting at most ``seconds``;
+    OperationTimeout naming ``holder`` (who has it) after that."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise OperationTimeout(f"{holder} held its lock for {seconds:.0f} s") from None
+            time.sleep(LOCK_POLL_SECONDS)
+
+
 class VolumeKind(enum.Enum):
     BASE = "base"
     DISK = "disk"
@@ -275,19 +289,10 @@ class Storage:
             lock_file = open(path, "a")
         except OSError as error:
             raise HypervisorError(f"cannot open the import lock {path}: {error}") from error
-        deadline = time.monotonic() + BASE_IMPORT_LOCK_SECONDS
         try:
-            while True:
-                try:
-                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise OperationTimeout(
-                            f"another import of {image_name}{BASE_SUFFIX} held its lock "
-                            f"for {BASE_IMPORT_LOCK_SECONDS:.0f} s"
-                        ) from None
-                    time.sleep(LOCK_POLL_SECONDS)
+            wait_for_flock(
+                lock_file, BASE_IMPORT_LOCK_SECONDS, f"another import of {image_name}{BASE_SUFFIX}"
+            )
             yield
         finally:
             lock_file.close()

@@ -14,21 +14,19 @@ at once are each twice as slow anyway).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import struct
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import libvirt
 
 from .config import DomainConfig, restored_domain_xml
-from .errors import HypervisorError, InvalidState, OperationTimeout, libvirt_errors
+from .errors import HypervisorError, InvalidState, libvirt_errors
 from .guest import UNDEFINE_FLAGS, DomainState, Guests
 from .host import Host
 from .spec import DomainSpec
-from .storage import Storage
+from .storage import Storage, wait_for_flock
 from .validation import require_domain_name
 
 SAVE_MAGIC = b"LibvirtQemudSave"
@@ -37,7 +35,6 @@ SAVE_HEADER = struct.Struct("=16s5I56s")
 STATE_SUFFIX = ".state"
 HEADER_SUFFIX = ".state.header"
 RESTORE_LOCK_SECONDS = 300.0
-LOCK_POLL_SECONDS = 0.1
 
 
 class StateFileInvalid(HypervisorError):
@@ -131,18 +128,8 @@ class Templates:
     @contextlib.contextmanager
     def _restore_lock(self, template_name: str) -> Iterator[None]:
         path = self.state_path(template_name) + ".lock"
-        deadline = time.monotonic() + RESTORE_LOCK_SECONDS
         with open(path, "a") as lock_file:
-            while True:
-                try:
-                    fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise OperationTimeout(
-                            f"another restore of {template_name} held its lock"
-                        ) from None
-                    time.sleep(LOCK_POLL_SECONDS)
+            wait_for_flock(lock_file, RESTORE_LOCK_SECONDS, f"another restore of {template_name}")
             yield
 
     def restore(self, template_name: str, spec: DomainSpec, installation_id: str | None) -> None:
