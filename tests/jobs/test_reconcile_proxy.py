@@ -2,7 +2,6 @@
 front of the host's dockerd stands in for the guest, and its HAProxy runs
 here as the guest would run it (from the directory sshd_guest sets)."""
 
-import http.client
 import os
 import signal
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness.guest_servers import free_loopback_port
+from bench.harness.proxy_servers import get
 from cloud.models import Job, Service, VirtualMachine
 from tenants.models import AuditEvent
 from workers.drivers.guest import HealthCheck, ServiceSpec, roll_out
@@ -17,15 +17,6 @@ from workers.jobs.adapters import connect, guest_proxy
 from workers.jobs.reconcile import reconcile_host
 
 pytestmark = [pytest.mark.django_db, pytest.mark.integration, pytest.mark.libvirt]
-
-
-def get_body(port: int) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        connection.request("GET", "/")
-        return connection.getresponse().read().decode()
-    finally:
-        connection.close()
 
 
 def idle(vm):
@@ -51,7 +42,7 @@ def test_a_killed_proxy_is_restarted_and_audited(sshd_guest):
     proxy = guest_proxy()
     assert proxy.publish_address == "127.0.0.1"  # the fixture's, never the guest's 0.0.0.0
     roll_out(connect(vm), spec, "v1", local_engine=engine, proxy=proxy)
-    assert get_body(port) == "release one\n"
+    assert get(port)[1] == "release one\n"
     assert reconcile_host(vm.host_id)["proxies_restarted"] == 0
 
     master = int(Path(proxy.directory, "haproxy.pid").read_text().split()[0])
@@ -59,7 +50,7 @@ def test_a_killed_proxy_is_restarted_and_audited(sshd_guest):
     assert not proxy.running(connect(vm))
 
     assert reconcile_host(vm.host_id)["proxies_restarted"] == 1
-    assert get_body(port) == "release one\n"
+    assert get(port)[1] == "release one\n"
     event = AuditEvent.objects.get(action="proxy.restarted")
     assert event.target_id == str(vm.pk) and event.team == vm.environment.team
     assert event.details == {"outcome": "restarted: it was not running"}

@@ -2,7 +2,6 @@
 port, which the target's HAProxy (run here as the guest would run it) owns."""
 
 import dataclasses
-import http.client
 import os
 import signal
 import socket
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness.guest_servers import free_loopback_port
-from bench.harness.proxy_servers import Load
+from bench.harness.proxy_servers import Load, get
 from workers.drivers.guest import (
     HealthCheck,
     InvalidSpec,
@@ -43,15 +42,6 @@ STEPS = [
 ]
 # Each replica answers its own container's hostname, to see who served.
 ANSWER_HOSTNAME = ("sh", "-c", "hostname > /www/index.html && exec httpd -f -p 8080 -h /www")
-
-
-def get_body(port: int) -> str:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        connection.request("GET", "/")
-        return connection.getresponse().read().decode()
-    finally:
-        connection.close()
 
 
 @pytest.fixture
@@ -85,7 +75,7 @@ def test_rollout_through_the_proxy_loses_no_request(
     first = roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
     assert [s.name for s in first.steps] == STEPS
     assert first.proxy == "started"
-    assert get_body(port) == "release one\n"
+    assert get(port)[1] == "release one\n"
 
     second_spec = dataclasses.replace(spec, image=web_images[1])
     with Load(port, rate=20) as load:
@@ -98,7 +88,7 @@ def test_rollout_through_the_proxy_loses_no_request(
     assert load.result.failed == 0, load.result.errors
     assert set(load.result.answered_by) == {"release one\n", "release two\n"}
     assert second.proxy == "unchanged" and second.previous_release == "r1"
-    assert get_body(port) == "release two\n"
+    assert get(port)[1] == "release two\n"
     assert serving(clean_host_engine, "svc-web") == [("r2", "serving", "running")]
     assert proxy_servers(guest_proxy, connection, spec, port) == ["r2-0"]
     # The file says what the runtime API did: a restart fronts the same replica.
@@ -130,7 +120,7 @@ def test_replicas_on_one_target_all_take_traffic_behind_one_port(
     roll_out(connection, three, "r1", local_engine=local_engine, proxy=guest_proxy)
     assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")] * 3
     assert proxy_servers(guest_proxy, connection, spec, port) == ["r1-0", "r1-1", "r1-2"]
-    answers = Counter(get_body(port) for _ in range(30))
+    answers = Counter(get(port)[1] for _ in range(30))
     # Round robin over three healthy replicas: a third each.
     assert sorted(answers.values()) == [10, 10, 10], answers
 
@@ -199,11 +189,11 @@ def test_a_killed_proxy_is_restarted_and_reported_by_the_next_rollout(
     os.kill(master, signal.SIGKILL)
     assert not guest_proxy.running(connection)
     with pytest.raises(OSError):
-        get_body(port)
+        get(port)[1]
 
     again = roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
     assert again.proxy == "restarted: it was not running"
-    assert get_body(port) == "release one\n"
+    assert get(port)[1] == "release one\n"
     with Load(port, rate=20) as load:
         load.wait_for_answers(5)
         roll_out(
@@ -269,7 +259,7 @@ def test_withdrawing_a_first_release_closes_its_published_port(
     assert list_containers(clean_host_engine, service_id="svc-web") == []
     assert f":{port}" not in Path(guest_proxy.config_path).read_text()
     with pytest.raises(ConnectionRefusedError):
-        get_body(port)
+        get(port)[1]
 
 
 def test_a_configuration_haproxy_refuses_is_never_installed(
@@ -289,7 +279,7 @@ def test_a_configuration_haproxy_refuses_is_never_installed(
     assert caught.value.step == "proxy" and caught.value.serving_release == "r1"
     assert "haproxy refused the configuration" in caught.value.reason
     assert Path(guest_proxy.config_path).read_text() == installed
-    assert get_body(port) == "release one\n"
+    assert get(port)[1] == "release one\n"
     assert serving(clean_host_engine, "svc-web") == [("r1", "serving", "running")]
 
 
@@ -314,7 +304,7 @@ def test_rollout_after_the_link_dropped_reconnects(
     connection.docker().ping()
     connection.transport().close()
     roll_out(connection, spec, "r1", local_engine=local_engine, proxy=guest_proxy)
-    assert get_body(port) == "release one\n"
+    assert get(port)[1] == "release one\n"
 
 
 def test_link_dropping_mid_rollout_is_transient(
